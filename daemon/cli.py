@@ -1,0 +1,162 @@
+"""The `claude-relay` command: parse flags, load the config, run the daemon until a signal.
+
+`serve` builds the app (daemon.app) and runs it on an AppRunner with its own signal handling:
+the first SIGINT/SIGTERM stops accepting and drains the pool within `shutdown_grace`; a second one
+stops waiting, and the pool is still closed with no grace so no claude process outlives us.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from aiohttp import web
+
+from daemon import POOL_KEY, RelayPool
+from daemon.app import make_app
+from daemon.config import Config, ConfigError, load_config, resolve_config_file
+from daemon.logs import setup_logging
+
+log = logging.getLogger(__name__)
+
+# After the pool has drained, handlers only need to flush their last frames.
+_FLUSH_SECONDS = 5.0
+EXIT_FORCED = 130  # the shell's convention for "ended by SIGINT"
+
+# Flags that map one-to-one onto Config fields (values stay strings; the loader checks them, so
+# a bad flag and a bad env var get the same kind of message).
+_FIELD_FLAGS = (
+    ("--host", "ADDR", "address to listen on (default 127.0.0.1)"),
+    ("--port", "N", "port to listen on (default 7421)"),
+    ("--claude-bin", "PATH", "claude executable (default: `claude` on PATH)"),
+    ("--workspace", "DIR", "working directory for claude sessions"),
+    ("--warm", "N", "idle sessions kept ready (default 2)"),
+    ("--max-busy", "N", "turns running at once (default 4)"),
+    ("--max-queue", "N", "turns waiting for a slot before 529 (default 8)"),
+    ("--default-model", "MODEL", "model for sessions when a request does not pick one"),
+    ("--system-mode", "MODE", "how `system` reaches claude: append or replace"),
+    ("--log-level", "LEVEL", "debug, info, warning, error or critical"),
+    ("--log-format", "FORMAT", "text or json"),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="claude-relay",
+        description="Serve warm claude CLI sessions as the Anthropic Messages API.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    serve = commands.add_parser("serve", help="run the relay daemon in the foreground")
+    serve.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="TOML config file (default: $CLAUDE_RELAY_CONFIG, else the user config dir)",
+    )
+    for flag, metavar, help_text in _FIELD_FLAGS:
+        serve.add_argument(flag, metavar=metavar, help=help_text)
+    return parser
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, object]:
+    return {
+        flag[2:].replace("-", "_"): getattr(args, flag[2:].replace("-", "_"))
+        for flag, _, _ in _FIELD_FLAGS
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command != "serve":
+        parser.print_help(sys.stderr)
+        return 2
+    env = os.environ
+    try:
+        config = load_config(
+            argv_overrides=_overrides(args),
+            env=env,
+            config_file=resolve_config_file(args.config, env),
+        )
+    except ConfigError as exc:
+        print(f"claude-relay: error: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(config.log_level, config.log_format)
+    return asyncio.run(serve(config))
+
+
+def _url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+async def serve(config: Config, *, pool: RelayPool | None = None) -> int:
+    """Run until SIGINT/SIGTERM; return the process exit code."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    force = asyncio.Event()
+
+    def on_signal(signum: signal.Signals) -> None:
+        if stop.is_set():
+            log.warning("%s again: exiting without waiting for running turns", signum.name)
+            force.set()
+        else:
+            log.info("%s: shutting down (grace %.0fs)", signum.name, config.shutdown_grace)
+            stop.set()
+
+    app = make_app(config, pool=pool)
+    runner = web.AppRunner(
+        app,
+        handle_signals=False,  # ours below: aiohttp's would not know about the second signal
+        access_log=None,  # the error middleware writes one structured line per request
+        shutdown_timeout=config.shutdown_grace + _FLUSH_SECONDS,
+    )
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal, sig)
+    try:
+        await runner.setup()
+        site = web.TCPSite(runner, config.host, config.port)
+        try:
+            await site.start()
+        except OSError as exc:
+            print(
+                f"claude-relay: cannot listen on {_url(config.host, config.port)}: "
+                f"{exc.strerror or exc}",
+                file=sys.stderr,
+            )
+            await runner.cleanup()
+            return 1
+        port = runner.addresses[0][1] if runner.addresses else config.port
+        print(f"claude-relay listening on {_url(config.host, port)}", file=sys.stderr, flush=True)
+        await stop.wait()
+        return await _shutdown(runner, app[POOL_KEY], force)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+async def _shutdown(runner: web.AppRunner, pool: RelayPool, force: asyncio.Event) -> int:
+    # runner.cleanup: stop listening → on_shutdown drains the pool → wait for handlers →
+    # cleanup_ctx closes the pool. A second signal cuts that short.
+    cleanup = asyncio.create_task(runner.cleanup())
+    forced = asyncio.create_task(force.wait())
+    await asyncio.wait({cleanup, forced}, return_when=asyncio.FIRST_COMPLETED)
+    if cleanup.done():
+        forced.cancel()
+        await asyncio.wait({forced})
+        if (exc := cleanup.exception()) is not None:
+            log.error("shutdown failed", exc_info=exc)
+            return 1
+        log.info("stopped")
+        return 0
+    cleanup.cancel()
+    await asyncio.wait({cleanup})
+    if not cleanup.cancelled() and (exc := cleanup.exception()) is not None:
+        log.error("shutdown failed", exc_info=exc)
+    await pool.close(grace=0)
+    return EXIT_FORCED

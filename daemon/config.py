@@ -1,0 +1,290 @@
+"""The daemon's one configuration value and its one loader.
+
+`load_config` layers defaults < TOML file < `CLAUDE_RELAY_<FIELD>` environment < CLI flags into a
+frozen `Config`; the CLI is the only caller that touches the real environment and file system
+paths. `Config.pool_settings()` is the slice handed down to `pty_pool`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Final, Literal
+
+import platformdirs
+
+from pty_pool.settings import PoolSettings
+
+APP_NAME: Final = "claude-relay"
+ENV_PREFIX: Final = "CLAUDE_RELAY_"
+# Not a field: it selects the file, so it cannot come from the file.
+CONFIG_ENV: Final = "CLAUDE_RELAY_CONFIG"
+
+SystemMode = Literal["append", "replace"]
+LogLevel = Literal["debug", "info", "warning", "error", "critical"]
+LogFormat = Literal["text", "json"]
+
+
+class ConfigError(Exception):
+    """A configuration value is missing, malformed or out of range; the message names its source."""
+
+
+def default_config_path() -> Path:
+    return Path(platformdirs.user_config_dir(APP_NAME)) / "config.toml"
+
+
+def default_workspace() -> Path:
+    return Path(platformdirs.user_state_dir(APP_NAME)) / "workspace"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    host: str = "127.0.0.1"
+    port: int = 7421  # 0 binds an ephemeral port (tests)
+    claude_bin: str = "claude"  # a bare name is looked up on PATH when a session spawns
+    workspace: Path = field(default_factory=default_workspace)
+    warm: int = 2
+    max_busy: int = 4
+    max_queue: int = 8
+    queue_timeout: float = 60.0
+    default_model: str | None = None
+    system_mode: SystemMode = "append"
+    columns: int = 120
+    rows: int = 50
+    ready_timeout: float = 30.0
+    turn_timeout: float = 600.0
+    stall_timeout: float = 90.0
+    max_retries: int = 2
+    ping_interval: float = 10.0  # idle seconds before an SSE ping keeps proxies from timing out
+    shutdown_grace: float = 10.0
+    log_level: LogLevel = "info"
+    log_format: LogFormat = "text"
+    max_body_bytes: int = 32 * 1024 * 1024
+
+    def pool_settings(self) -> PoolSettings:
+        return PoolSettings(
+            claude_bin=self.claude_bin,
+            workspace=self.workspace,
+            warm=self.warm,
+            max_busy=self.max_busy,
+            max_queue=self.max_queue,
+            queue_timeout=self.queue_timeout,
+            default_model=self.default_model,
+            system_mode=self.system_mode,
+            columns=self.columns,
+            rows=self.rows,
+            ready_timeout=self.ready_timeout,
+            turn_timeout=self.turn_timeout,
+            stall_timeout=self.stall_timeout,
+            max_retries=self.max_retries,
+        )
+
+
+# --- value checking ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Int:
+    lo: int
+    hi: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Float:
+    lo: float
+    lo_open: bool = False  # True: value must be > lo, not >= lo
+
+
+@dataclass(frozen=True, slots=True)
+class _Str:
+    optional: bool = False  # an empty string means "unset" (None)
+
+
+@dataclass(frozen=True, slots=True)
+class _Choice:
+    choices: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _Path:
+    pass
+
+
+_Spec = _Int | _Float | _Str | _Choice | _Path
+
+_SPECS: Final[dict[str, _Spec]] = {
+    "host": _Str(),
+    "port": _Int(0, 65535),
+    "claude_bin": _Str(),
+    "workspace": _Path(),
+    "warm": _Int(0),
+    "max_busy": _Int(1),
+    "max_queue": _Int(0),
+    "queue_timeout": _Float(0, lo_open=True),
+    "default_model": _Str(optional=True),
+    "system_mode": _Choice(("append", "replace")),
+    # claude's TUI wraps and truncates below roughly this size, which breaks screen reading.
+    "columns": _Int(40, 1000),
+    "rows": _Int(10, 1000),
+    "ready_timeout": _Float(0, lo_open=True),
+    "turn_timeout": _Float(0, lo_open=True),
+    "stall_timeout": _Float(0, lo_open=True),
+    "max_retries": _Int(0, 100),
+    "ping_interval": _Float(0, lo_open=True),
+    "shutdown_grace": _Float(0),
+    "log_level": _Choice(("debug", "info", "warning", "error", "critical")),
+    "log_format": _Choice(("text", "json")),
+    "max_body_bytes": _Int(1024),
+}
+assert set(_SPECS) == {f.name for f in fields(Config)}, "every Config field needs a spec"
+
+
+def _describe(spec: _Spec) -> str:
+    match spec:
+        case _Int(lo, None):
+            return f"an integer >= {lo}"
+        case _Int(lo, hi):
+            return f"an integer from {lo} to {hi}"
+        case _Float(lo, lo_open):
+            return f"a number {'>' if lo_open else '>='} {lo:g}"
+        case _Str(optional):
+            return "a string" if optional else "a non-empty string"
+        case _Choice(choices):
+            return "one of " + ", ".join(repr(c) for c in choices)
+        case _Path():
+            return "a path"
+
+
+def _coerce(spec: _Spec, value: object, *, from_text: bool, base: Path | None) -> object:
+    """Check one value against its spec; raise ValueError (the caller adds where it came from).
+
+    `from_text` values (environment, flags) are strings to parse; TOML values must already have
+    the right type, because a quoted number in a file is more likely a mistake than intent.
+    """
+    bad = ValueError(f"expected {_describe(spec)}, got {value!r}")
+    match spec:
+        case _Int(lo, hi):
+            if from_text and isinstance(value, str):
+                try:
+                    value = int(value.strip())
+                except ValueError:
+                    raise bad from None
+            # bool is an int subclass, but `port = true` is never meant as 1.
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise bad
+            if value < lo or (hi is not None and value > hi):
+                raise bad
+            return value
+        case _Float(lo, lo_open):
+            if from_text and isinstance(value, str):
+                try:
+                    value = float(value.strip())
+                except ValueError:
+                    raise bad from None
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise bad
+            number = float(value)
+            if not math.isfinite(number) or number < lo or (lo_open and number == lo):
+                raise bad
+            return number
+        case _Str(optional):
+            if not isinstance(value, str):
+                raise bad
+            text = value.strip()
+            if not text:
+                if optional:
+                    return None
+                raise bad
+            return text
+        case _Choice(choices):
+            if not isinstance(value, str) or value.strip().lower() not in choices:
+                raise bad
+            return value.strip().lower()
+        case _Path():
+            if not isinstance(value, str | Path) or not str(value).strip():
+                raise bad
+            path = Path(str(value).strip()).expanduser()
+            # A relative path in a config file means "next to the file", not "wherever the daemon
+            # happened to be started".
+            if base is not None and not path.is_absolute():
+                path = base / path
+            return path
+
+
+def _unknown_key_error(where: str, key: str) -> ConfigError:
+    close = difflib.get_close_matches(key, list(_SPECS), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return ConfigError(f"{where}: unknown key {key!r}{hint}")
+
+
+def _read_file(path: Path) -> dict[str, object]:
+    where = f"config file {path}"
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{where}: not found") from None
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{where}: invalid TOML: {exc}") from None
+    out: dict[str, object] = {}
+    for key, value in data.items():
+        if key not in _SPECS:
+            raise _unknown_key_error(where, key)
+        try:
+            out[key] = _coerce(_SPECS[key], value, from_text=False, base=path.parent)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {key}: {exc}") from None
+    return out
+
+
+def load_config(
+    *,
+    argv_overrides: Mapping[str, object],
+    env: Mapping[str, str],
+    config_file: Path | None,
+) -> Config:
+    """Build the `Config` from its layers; raise `ConfigError` naming the offending source and key.
+
+    `config_file` is read when given (a missing file is an error: someone asked for it);
+    `resolve_config_file` decides which file that is. `argv_overrides` maps field names to flag
+    values (strings, as typed); None means the flag was not given. Environment variables that
+    start with the prefix but name no field are ignored, since other tools may share the prefix.
+    """
+    values: dict[str, object] = {}
+    if config_file is not None:
+        values.update(_read_file(config_file))
+    for name, spec in _SPECS.items():
+        env_name = ENV_PREFIX + name.upper()
+        if env_name in env:
+            try:
+                values[name] = _coerce(spec, env[env_name], from_text=True, base=None)
+            except ValueError as exc:
+                raise ConfigError(f"environment variable {env_name}: {exc}") from None
+    for name, value in argv_overrides.items():
+        flag = "--" + name.replace("_", "-")
+        if name not in _SPECS:
+            raise ConfigError(f"flag {flag}: not a configuration key")
+        if value is None:
+            continue
+        try:
+            values[name] = _coerce(_SPECS[name], value, from_text=True, base=None)
+        except ValueError as exc:
+            raise ConfigError(f"flag {flag}: {exc}") from None
+    return Config(**values)  # type: ignore[arg-type]  # each value was checked against its spec
+
+
+def resolve_config_file(explicit: Path | None, env: Mapping[str, str]) -> Path | None:
+    """Which TOML file to read: --config, else $CLAUDE_RELAY_CONFIG, else the default path if it
+    exists (the default is optional; an explicitly named file must exist)."""
+    if explicit is not None:
+        return explicit
+    if env.get(CONFIG_ENV):
+        return Path(env[CONFIG_ENV]).expanduser()
+    default = default_config_path()
+    return default if default.is_file() else None

@@ -1,0 +1,45 @@
+"""GET /v1/health (and /health): is the relay up, and can it run claude?
+
+Read-only: reports the pool's counters and why claude is unavailable, if it is. A daemon without a
+usable claude binary still answers here with status "degraded" — that is how users find out.
+"""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+from aiohttp import web
+
+from daemon import CONFIG_KEY, POOL_KEY, STARTED_KEY
+from daemon.errors import request_info
+
+
+def _port(request: web.Request) -> int:
+    # The socket's own port, so `port = 0` (ephemeral, tests) reports the real one.
+    transport = request.transport
+    sockname = transport.get_extra_info("sockname") if transport is not None else None
+    if isinstance(sockname, tuple) and len(sockname) >= 2 and isinstance(sockname[1], int):
+        return sockname[1]
+    return request.app[CONFIG_KEY].port
+
+
+async def get_health(request: web.Request) -> web.Response:
+    request_info(request).quiet = True
+    pool = request.app[POOL_KEY]
+    stats = pool.stats()
+    error = pool.claude_error
+    body = {
+        "status": "degraded" if error is not None else "ok",
+        "port": _port(request),
+        "sessions": stats.get("sessions", 0),
+        "uptime": round(time.monotonic() - request.app[STARTED_KEY], 3),
+        "pool": stats,
+        "claude": {"available": error is None, "error": error},
+    }
+    return web.Response(body=orjson.dumps(body), content_type="application/json")
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/v1/health", get_health)
+    app.router.add_get("/health", get_health)

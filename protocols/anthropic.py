@@ -1,0 +1,588 @@
+"""The Anthropic Messages wire format: request decoding, response and SSE encoding, error bodies.
+
+Validation mirrors the real API closely enough that clients see familiar 400s: messages are
+`<field.path>: <problem>` with pydantic's phrasing (the API is pydantic-validated), and the few
+semantic checks reuse the API's own sentences. Every `InvalidRequestError` carries the exact field
+path in `param` (the OpenAI envelope shows it; the Anthropic envelope has no such field). Only the
+first problem is reported.
+
+Top-level request fields:
+
+=====================  ==========================================================================
+field                  handling
+=====================  ==========================================================================
+model                  enforced: required, non-empty string; echoed back verbatim in responses
+max_tokens             enforced: required integer >= 1 (the API's 0, "pre-warm the prompt cache",
+                       cannot be served by a CLI, so it is rejected)
+messages               enforced: see below
+system                 enforced: string or list of text blocks; blocks joined with "\\n"
+stream                 enforced: boolean
+stop_sequences         enforced: list of strings, each with non-whitespace characters
+temperature, top_p     enforced: number in [0, 1] (validated, passed on; claude cannot apply them)
+top_k                  enforced: integer >= 0 (validated, passed on; claude cannot apply it)
+metadata               enforced: object with optional string `user_id`, nothing else
+tools                  enforced: absent, null or [] only -- tool use is not supported yet
+tool_choice            enforced: absent, null, {"type": "auto"} or {"type": "none"} only, which
+                       are no-ops without tools
+output_config          `effort` accepted and ignored; a non-null `format` (structured outputs) is
+                       rejected, since ignoring it would silently break the client's contract
+session_id             claude-relay extension (the X-IR-Session-ID header wins): string, ignored
+                       unless 1..128 printable characters
+thinking, service_tier, container, mcp_servers, context_management, cache_control,
+diagnostics, inference_geo, speed, user_profile_id, workspace_id
+                       accepted and ignored: they tune how the API runs the model, which the relay
+                       does not control; their contents are not validated
+anything else          rejected: "<field>: Extra inputs are not permitted", as the API does
+=====================  ==========================================================================
+
+`null` is accepted for every optional field and means "absent", as for the API's Optional fields.
+
+Messages: roles `user`/`assistant`; consecutive same-role messages are accepted (the API merges
+them; `protocols.render` does the same) and kept as sent in `TurnRequest.messages`. The first
+message may be `assistant` (the first-party API accepts that) and the final one may be `assistant`
+(prefill; it must not end with whitespace, as the API requires; it may be empty). `system`-role
+messages are rejected as not supported yet. Content is a string or a list of blocks; only `text`
+blocks (with `cache_control`/`citations` accepted and ignored) are supported; other API block
+types get a "not supported yet by claude-relay" 400, unknown types pydantic's tag error.
+"""
+
+from __future__ import annotations
+
+import secrets
+import string
+from typing import Any, Final, NoReturn
+
+import orjson
+
+from protocols.errors import InvalidRequestError, RelayError
+from protocols.model import Message, Role, TextBlock, TextDelta, TurnRequest, TurnResult, Usage
+
+__all__ = [
+    "MAX_SESSION_ID_LENGTH",
+    "PING_FRAME",
+    "SYSTEM_BLOCK_SEPARATOR",
+    "StreamEncoder",
+    "decode_request",
+    "encode_message",
+    "error_body",
+    "new_message_id",
+    "sse_frame",
+]
+
+MAX_SESSION_ID_LENGTH: Final = 128
+# Clients split `system` into blocks for cache breakpoints, not to start new sections, so the
+# blocks are glued back into one prompt with a plain line break.
+SYSTEM_BLOCK_SEPARATOR: Final = "\n"
+
+_ENFORCED_FIELDS: Final = frozenset(
+    {
+        "model",
+        "max_tokens",
+        "messages",
+        "system",
+        "stream",
+        "stop_sequences",
+        "temperature",
+        "top_p",
+        "top_k",
+        "metadata",
+        "tools",
+        "tool_choice",
+        "output_config",
+        "session_id",
+    }
+)
+_IGNORED_FIELDS: Final = frozenset(
+    {
+        "thinking",
+        "service_tier",
+        "container",
+        "mcp_servers",
+        "context_management",
+        "cache_control",
+        "diagnostics",
+        "inference_geo",
+        "speed",
+        "user_profile_id",
+        "workspace_id",
+    }
+)
+_ALLOWED_FIELDS: Final = _ENFORCED_FIELDS | _IGNORED_FIELDS
+
+# Valid API content block types the relay cannot translate yet; ordered as the SDK lists them so
+# the unknown-type message reads like the API's.
+_UNSUPPORTED_BLOCK_TYPES: Final = (
+    "image",
+    "document",
+    "search_result",
+    "thinking",
+    "redacted_thinking",
+    "tool_use",
+    "tool_result",
+    "server_tool_use",
+    "web_search_tool_result",
+    "web_fetch_tool_result",
+    "code_execution_tool_result",
+    "bash_code_execution_tool_result",
+    "text_editor_code_execution_tool_result",
+    "tool_search_tool_result",
+    "container_upload",
+    "mcp_tool_use",
+    "mcp_tool_result",
+    "compaction",
+)
+_KNOWN_BLOCK_TYPES: Final = ("text", *_UNSUPPORTED_BLOCK_TYPES)
+_TEXT_BLOCK_KEYS: Final = frozenset({"type", "text", "cache_control", "citations"})
+
+_MISSING: Final = object()
+
+
+def _fail(path: str, problem: str, *, param: str | None = None) -> NoReturn:
+    raise InvalidRequestError(f"{path}: {problem}", param=param if param is not None else path)
+
+
+def _str(value: object, path: str) -> str:
+    if not isinstance(value, str):
+        _fail(path, "Input should be a valid string")
+    return value
+
+
+def _int(value: object, path: str, *, ge: int) -> int:
+    # bool is an int subclass but never a valid integer in the API; integral floats (1024.0) pass,
+    # as they do in pydantic's lax mode.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        _fail(path, "Input should be a valid integer")
+    if isinstance(value, float):
+        if not value.is_integer():
+            _fail(path, "Input should be a valid integer, got a number with a fractional part")
+        value = int(value)
+    if value < ge:
+        _fail(path, f"Input should be greater than or equal to {ge}")
+    return value
+
+
+def _unit_float(value: object, path: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        _fail(path, "Input should be a valid number")
+    if value < 0:
+        _fail(path, "Input should be greater than or equal to 0")
+    if value > 1:
+        _fail(path, "Input should be less than or equal to 1")
+    return float(value)
+
+
+def _object(value: object, path: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        _fail(path, "Input should be a valid dictionary")
+    return value
+
+
+def _no_extras(obj: dict[str, Any], allowed: frozenset[str], path: str) -> None:
+    for key in obj:
+        if key not in allowed:
+            _fail(f"{path}.{key}" if path else key, "Extra inputs are not permitted")
+
+
+def _text_block(raw: object, path: str, *, tagged: bool) -> TextBlock:
+    """Validate one `text` block; `tagged` adds pydantic's union tag to paths, as the API does."""
+    if not isinstance(raw, dict):
+        _fail(path, "Input should be a valid dictionary or object to extract fields from")
+    block_type = raw.get("type", _MISSING)
+    if tagged:
+        if not isinstance(block_type, str):
+            _fail(path, "Unable to extract tag using discriminator 'type'")
+        if block_type in _UNSUPPORTED_BLOCK_TYPES:
+            _fail(
+                path, f"content blocks of type '{block_type}' are not supported yet by claude-relay"
+            )
+        if block_type != "text":
+            expected = ", ".join(f"'{t}'" for t in _KNOWN_BLOCK_TYPES)
+            _fail(
+                path,
+                f"Input tag '{block_type}' found using 'type' does not match any of the expected "
+                f"tags: {expected}",
+            )
+        fields = f"{path}.text"
+    else:
+        fields = path
+        if block_type is _MISSING:
+            _fail(f"{fields}.type", "Field required")
+        if block_type != "text":
+            _fail(f"{fields}.type", "Input should be 'text'")
+    _no_extras(raw, _TEXT_BLOCK_KEYS, fields)
+    text = raw.get("text", _MISSING)
+    if text is _MISSING:
+        _fail(f"{fields}.text", "Field required")
+    return TextBlock(_str(text, f"{fields}.text"))
+
+
+def _content(raw: object, path: str) -> tuple[TextBlock, ...]:
+    if isinstance(raw, str):
+        # The string form is shorthand for one text block; "" means no content at all.
+        return (TextBlock(raw),) if raw else ()
+    if not isinstance(raw, list):
+        _fail(path, "Input should be a valid string or a list of content blocks")
+    return tuple(_text_block(b, f"{path}.{j}", tagged=True) for j, b in enumerate(raw))
+
+
+def _messages(raw: object) -> tuple[Message, ...]:
+    if raw is _MISSING:
+        _fail("messages", "Field required")
+    if not isinstance(raw, list):
+        _fail("messages", "Input should be a valid list")
+    if not raw:
+        _fail("messages", "at least one message is required")
+    last = len(raw) - 1
+    out: list[Message] = []
+    for i, item in enumerate(raw):
+        path = f"messages.{i}"
+        if not isinstance(item, dict):
+            _fail(path, "Input should be a valid dictionary or object to extract fields from")
+        _no_extras(item, frozenset({"role", "content"}), path)
+        role = item.get("role", _MISSING)
+        if role is _MISSING:
+            _fail(f"{path}.role", "Field required")
+        if role == "system":
+            _fail(
+                f"{path}.role",
+                "messages with role 'system' are not supported yet by claude-relay; "
+                "use the top-level system parameter",
+            )
+        if role not in ("user", "assistant"):
+            _fail(f"{path}.role", "Input should be 'user' or 'assistant'")
+        checked_role: Role = "user" if role == "user" else "assistant"
+        content = item.get("content", _MISSING)
+        if content is _MISSING:
+            _fail(f"{path}.content", "Field required")
+        blocks = _content(content, f"{path}.content")
+        final_assistant = i == last and checked_role == "assistant"
+        if not blocks and not final_assistant:
+            _fail(
+                path,
+                "all messages must have non-empty content except for the optional final "
+                "assistant message",
+            )
+        for j, block in enumerate(blocks):
+            param = f"{path}.content" if isinstance(content, str) else f"{path}.content.{j}.text"
+            if not block.text:
+                _fail("messages", "text content blocks must be non-empty", param=param)
+            if final_assistant and j == len(blocks) - 1 and block.text != block.text.rstrip():
+                # The API's rule; it also keeps the prefill an exact place to continue from.
+                _fail(
+                    "messages",
+                    "final assistant content cannot end with trailing whitespace",
+                    param=param,
+                )
+            if not block.text.strip():
+                _fail(
+                    "messages", "text content blocks must contain non-whitespace text", param=param
+                )
+        out.append(Message(checked_role, blocks))
+    if not any(m.content for m in out):
+        _fail("messages", "at least one message must have non-empty content")
+    return tuple(out)
+
+
+def _system(raw: object) -> str | None:
+    if raw is None:
+        return None
+    if isinstance(raw, str):
+        return raw or None
+    if not isinstance(raw, list):
+        _fail("system", "Input should be a valid string or a list of text blocks")
+    texts: list[str] = []
+    for j, item in enumerate(raw):
+        block = _text_block(item, f"system.{j}", tagged=False)
+        if not block.text:
+            _fail("system", "text content blocks must be non-empty", param=f"system.{j}.text")
+        texts.append(block.text)
+    return SYSTEM_BLOCK_SEPARATOR.join(texts) or None
+
+
+def _stop_sequences(raw: object) -> tuple[str, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        _fail("stop_sequences", "Input should be a valid list")
+    out: list[str] = []
+    for j, item in enumerate(raw):
+        seq = _str(item, f"stop_sequences.{j}")
+        if not seq.strip():
+            # An empty sequence would match everywhere; the relay applies these itself.
+            _fail(f"stop_sequences.{j}", "stop sequences must contain non-whitespace characters")
+        out.append(seq)
+    return tuple(out)
+
+
+def _metadata_user_id(raw: object) -> str | None:
+    if raw is None:
+        return None
+    meta = _object(raw, "metadata")
+    _no_extras(meta, frozenset({"user_id"}), "metadata")
+    user_id = meta.get("user_id")
+    return None if user_id is None else _str(user_id, "metadata.user_id")
+
+
+def _reject_tools(tools: object, tool_choice: object) -> None:
+    if tools is not None:
+        if not isinstance(tools, list):
+            _fail("tools", "Input should be a valid list")
+        if tools:
+            _fail("tools", "tools are not supported yet by claude-relay")
+    if tool_choice is not None:
+        choice = _object(tool_choice, "tool_choice")
+        # Without tools, "auto" and "none" change nothing; "any"/"tool" demand a tool call.
+        if choice.get("type") not in ("auto", "none"):
+            _fail("tool_choice", "tools are not supported yet by claude-relay")
+
+
+def _check_output_config(raw: object) -> None:
+    if raw is None:
+        return
+    config = _object(raw, "output_config")
+    if config.get("format") is not None:
+        _fail("output_config.format", "structured outputs are not supported yet by claude-relay")
+
+
+def _session_id(value: object) -> str | None:
+    if (
+        isinstance(value, str)
+        and value.strip()
+        and len(value) <= MAX_SESSION_ID_LENGTH
+        # The id keys server-side state and shows up in logs; control characters never belong.
+        and value.isprintable()
+    ):
+        return value
+    return None
+
+
+def decode_request(raw: bytes, *, session_header: str | None = None) -> TurnRequest:
+    """Parse and validate a POST /v1/messages body; raise `InvalidRequestError` on any problem."""
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequestError(f"The request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise InvalidRequestError("The request body must be a JSON object")
+
+    # Unknown fields first: a misspelt required field is then reported as the typo it is.
+    _no_extras(body, _ALLOWED_FIELDS, "")
+
+    model = body.get("model", _MISSING)
+    if model is _MISSING:
+        _fail("model", "Field required")
+    model = _str(model, "model")
+    if not model:
+        _fail("model", "String should have at least 1 character")
+
+    max_tokens = body.get("max_tokens", _MISSING)
+    if max_tokens is _MISSING:
+        _fail("max_tokens", "Field required")
+    max_tokens = _int(max_tokens, "max_tokens", ge=1)
+
+    messages = _messages(body.get("messages", _MISSING))
+    # Optional fields from here on: a JSON null means "absent", as for the API's Optional fields.
+    system = _system(body.get("system"))
+    stop_sequences = _stop_sequences(body.get("stop_sequences"))
+
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        _fail("stream", "Input should be a valid boolean")
+
+    temperature = body.get("temperature")
+    temperature = None if temperature is None else _unit_float(temperature, "temperature")
+    top_p = body.get("top_p")
+    top_p = None if top_p is None else _unit_float(top_p, "top_p")
+    top_k = body.get("top_k")
+    top_k = None if top_k is None else _int(top_k, "top_k", ge=0)
+    metadata_user_id = _metadata_user_id(body.get("metadata"))
+    _reject_tools(body.get("tools"), body.get("tool_choice"))
+    _check_output_config(body.get("output_config"))
+
+    body_session = body.get("session_id")
+    if body_session is not None:
+        _str(body_session, "session_id")
+
+    return TurnRequest(
+        messages=messages,
+        model=model,
+        max_tokens=max_tokens,
+        stream=bool(stream),
+        system=system,
+        stop_sequences=stop_sequences,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        metadata_user_id=metadata_user_id,
+        session_id=_session_id(session_header) or _session_id(body_session),
+    )
+
+
+# --- responses ---------------------------------------------------------------------------------
+
+_BASE62: Final = string.digits + string.ascii_uppercase + string.ascii_lowercase
+
+
+def new_message_id() -> str:
+    """A fresh id shaped like the API's (`msg_01` + 22 base62 characters, 28 in all)."""
+    return "msg_01" + "".join(secrets.choice(_BASE62) for _ in range(22))
+
+
+def _usage(usage: Usage, *, output_tokens: int) -> dict[str, Any]:
+    # Key order follows the API's responses; the optional SDK fields (server_tool_use,
+    # service_tier, cache_creation, ...) are omitted because the relay has nothing true to say.
+    return {
+        "input_tokens": usage.input_tokens,
+        "cache_creation_input_tokens": usage.cache_creation_input_tokens,
+        "cache_read_input_tokens": usage.cache_read_input_tokens,
+        "output_tokens": output_tokens,
+    }
+
+
+def encode_message(result: TurnResult, *, request_model: str, message_id: str) -> dict[str, Any]:
+    """The API's Message object for a finished turn.
+
+    Empty text blocks are dropped (the API answers an empty generation with `"content": []`),
+    which also keeps this identical to what a client accumulates from `StreamEncoder`.
+    """
+    return {
+        "id": message_id,
+        "type": "message",
+        "role": "assistant",
+        "model": request_model,
+        "content": [{"type": "text", "text": b.text} for b in result.content if b.text],
+        "stop_reason": result.stop_reason,
+        "stop_sequence": result.stop_sequence,
+        "usage": _usage(result.usage, output_tokens=result.usage.output_tokens),
+    }
+
+
+def error_body(err: RelayError, request_id: str | None = None) -> dict[str, Any]:
+    """The API's error envelope; `request_id` sits at the top level, as in the SDK's ErrorResponse,
+    and is left out when unknown rather than sent as null."""
+    body: dict[str, Any] = {
+        "type": "error",
+        "error": {"type": err.anthropic_type, "message": err.message},
+    }
+    if request_id is not None:
+        body["request_id"] = request_id
+    return body
+
+
+# --- streaming ---------------------------------------------------------------------------------
+
+# The API sends ping with a space after the colon, unlike every other event; copied byte for byte.
+PING_FRAME: Final = b'event: ping\ndata: {"type": "ping"}\n\n'
+
+
+def sse_frame(event: str, data: dict[str, Any]) -> bytes:
+    """One server-sent event framed as the API does: `event: X\\ndata: {compact json}\\n\\n`."""
+    assert "\n" not in event, event
+    assert "\r" not in event, event
+    # orjson never emits raw newlines (they are escaped inside strings), so one data line is safe.
+    return b"event: " + event.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+
+
+class StreamEncoder:
+    """Turns one turn's events into the API's SSE sequence.
+
+    message_start, then (if any text) one text block at index 0 built from the deltas, then
+    content_block_stop, message_delta (stop reason, cumulative usage) and message_stop. A turn that
+    produced no text gets no content block at all, matching `encode_message`'s `"content": []`.
+    Calls out of order (delta before start, anything after finish/error) are programming errors
+    and fail an assertion.
+    """
+
+    def __init__(self, request_model: str, message_id: str) -> None:
+        self._model = request_model
+        self._id = message_id
+        self._started = False
+        self._block_open = False
+        self._closed = False
+        self._streamed: list[str] = []
+
+    @property
+    def closed(self) -> bool:
+        """True once finish() or error() has produced the stream's last frame."""
+        return self._closed
+
+    def start(self, input_usage: Usage | None = None) -> bytes:
+        assert not self._started, "start() called twice"
+        assert not self._closed, "start() after error()"
+        self._started = True
+        usage = input_usage if input_usage is not None else Usage()
+        message: dict[str, Any] = {
+            "id": self._id,
+            "type": "message",
+            "role": "assistant",
+            "model": self._model,
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            # output_tokens 1, like the API, which has produced the first token by this point; the
+            # message_delta carries the real cumulative count.
+            "usage": _usage(usage, output_tokens=1),
+        }
+        return sse_frame("message_start", {"type": "message_start", "message": message})
+
+    def delta(self, ev: TextDelta) -> bytes:
+        assert self._started, "delta() before start()"
+        assert not self._closed, "delta() after finish()/error()"
+        if not ev.text:
+            return b""
+        out = b""
+        if not self._block_open:
+            self._block_open = True
+            out = sse_frame(
+                "content_block_start",
+                {
+                    "type": "content_block_start",
+                    "index": 0,
+                    "content_block": {"type": "text", "text": ""},
+                },
+            )
+        self._streamed.append(ev.text)
+        return out + sse_frame(
+            "content_block_delta",
+            {
+                "type": "content_block_delta",
+                "index": 0,
+                "delta": {"type": "text_delta", "text": ev.text},
+            },
+        )
+
+    def finish(self, result: TurnResult) -> bytes:
+        assert self._started, "finish() before start()"
+        assert not self._closed, "finish() after finish()/error()"
+        out = b""
+        # Deltas come from the screen and may lag the transcript: when what was streamed is a
+        # prefix of the final text, send the rest so the client ends with the exact text. A
+        # divergent stream cannot be retracted, so then nothing is added.
+        streamed = "".join(self._streamed)
+        final = result.text
+        if len(final) > len(streamed) and final.startswith(streamed):
+            out += self.delta(TextDelta(final[len(streamed) :]))
+        if self._block_open:
+            out += sse_frame("content_block_stop", {"type": "content_block_stop", "index": 0})
+            self._block_open = False
+        out += sse_frame(
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": result.stop_reason, "stop_sequence": result.stop_sequence},
+                "usage": _usage(result.usage, output_tokens=result.usage.output_tokens),
+            },
+        )
+        out += sse_frame("message_stop", {"type": "message_stop"})
+        self._closed = True
+        return out
+
+    def ping(self) -> bytes:
+        assert not self._closed, "ping() after finish()/error()"
+        return PING_FRAME
+
+    def error(self, err: RelayError, request_id: str | None = None) -> bytes:
+        """The API's mid-stream failure event; it ends the stream (no message_stop follows)."""
+        assert not self._closed, "error() after finish()/error()"
+        self._closed = True
+        return sse_frame("error", error_body(err, request_id))

@@ -1,0 +1,101 @@
+"""The neutral turn model shared by every layer.
+
+HTTP decoders (protocols.anthropic, later protocols.openai) produce a `TurnRequest`; the pool
+consumes it and yields `TurnEvent`s (text deltas, then one `TurnResult`); encoders turn those back
+into a wire format. Everything here is a frozen value so it can cross task boundaries safely.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+Role = Literal["user", "assistant"]
+SystemMode = Literal["append", "replace"]
+StopReason = Literal["end_turn", "max_tokens", "stop_sequence", "tool_use", "pause_turn", "refusal"]
+
+
+@dataclass(frozen=True, slots=True)
+class TextBlock:
+    text: str
+
+
+# Later issues add image, document, tool_use and tool_result blocks to this union.
+ContentBlock = TextBlock
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    role: Role
+    content: tuple[ContentBlock, ...]
+
+    @property
+    def text(self) -> str:
+        return "".join(b.text for b in self.content)
+
+
+@dataclass(frozen=True, slots=True)
+class SpawnSpec:
+    """Everything that must be fixed when a claude process starts; processes are keyed by it."""
+
+    model: str | None = None
+    system: str | None = None
+    system_mode: SystemMode = "append"
+
+
+@dataclass(frozen=True, slots=True)
+class TurnRequest:
+    messages: tuple[Message, ...]
+    model: str  # as the client sent it; echoed back in responses
+    max_tokens: int
+    stream: bool = False
+    system: str | None = None
+    stop_sequences: tuple[str, ...] = ()
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    metadata_user_id: str | None = None
+    session_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_creation_input_tokens: int = 0
+    cache_read_input_tokens: int = 0
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            self.input_tokens + other.input_tokens,
+            self.output_tokens + other.output_tokens,
+            self.cache_creation_input_tokens + other.cache_creation_input_tokens,
+            self.cache_read_input_tokens + other.cache_read_input_tokens,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class TextDelta:
+    """Provisional text from claude's screen; concatenated deltas form the streamed text."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class TurnResult:
+    """The exact outcome of a turn, read from claude's transcript at turn end."""
+
+    content: tuple[ContentBlock, ...]
+    stop_reason: StopReason
+    usage: Usage
+    model: str | None = None  # the model id the upstream reported
+    stop_sequence: str | None = None
+    upstream_message_id: str | None = None
+    timings: dict[str, float] = field(default_factory=dict, compare=False)
+
+    @property
+    def text(self) -> str:
+        return "".join(b.text for b in self.content)
+
+
+TurnEvent = TextDelta | TurnResult

@@ -1,0 +1,224 @@
+"""PTY driver: one child process in a pseudo-terminal, read and written without blocking the loop.
+
+This is the only module that imports ptyprocess. Bytes read from the master are handed to a
+callback (the screen reader); writes are non-blocking with a small backlog drained by
+`loop.add_writer`. Termination is polite → SIGTERM to the process group → SIGKILL, always reaped
+through `isalive()` (waitpid WNOHANG), never through ptyprocess's sleeping close/terminate/wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import errno
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Mapping, Sequence
+
+from ptyprocess import PtyProcess
+
+log = logging.getLogger(__name__)
+
+# One read is bounded so a burst of output cannot monopolise the loop; the reader is called again
+# for whatever is left.
+READ_CHUNK = 64 * 1024
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the forked child
+    """Runs in the child before exec: SIGKILL it if the daemon dies without cleaning up.
+
+    Together with the SIGHUP a session leader receives when the PTY master closes, this makes
+    sure no claude outlives a crashed (SIGKILLed) daemon.
+    """
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(Exception):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    # The daemon may ignore signals (e.g. SIGINT during shutdown); the child must not inherit that.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE):
+        signal.signal(sig, signal.SIG_DFL)
+
+
+class PtyDriver:
+    """Owns one PtyProcess. Not thread-safe; use from the event loop thread only."""
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str],
+        cwd: str,
+        rows: int,
+        cols: int,
+        on_output: Callable[[bytes], None],
+        on_eof: Callable[[], None],
+    ) -> None:
+        self._argv = list(argv)
+        self._env = dict(env)
+        self._cwd = cwd
+        self._rows = rows
+        self._cols = cols
+        self._on_output = on_output
+        self._on_eof = on_eof
+        self._proc: PtyProcess | None = None
+        self._fd = -1
+        self._out = bytearray()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._eof = False
+        self.exit_status: int | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._proc is None else int(self._proc.pid)
+
+    def start(self) -> None:
+        """Fork and exec the child. Raises FileNotFoundError/PermissionError for a bad binary.
+
+        Runs on the loop thread on purpose: PR_SET_PDEATHSIG is tied to the forking *thread*, so
+        forking from an executor thread would kill the child when that thread exits. The fork and
+        the exec-error pipe read take a few milliseconds.
+        """
+        self._loop = asyncio.get_running_loop()
+        self._proc = PtyProcess.spawn(
+            self._argv,
+            cwd=self._cwd,
+            env=self._env,
+            echo=False,
+            preexec_fn=_die_with_parent,
+            dimensions=(self._rows, self._cols),
+        )
+        self._fd = int(self._proc.fd)
+        os.set_blocking(self._fd, False)
+        self._loop.add_reader(self._fd, self._readable)
+        log.debug("spawned", extra={"pid": self._proc.pid})
+
+    # --- reading -----------------------------------------------------------------------------
+    def _readable(self) -> None:
+        try:
+            data = os.read(self._fd, READ_CHUNK)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            # Linux reports EIO on the master once the child side is closed (the child exited).
+            if exc.errno not in (errno.EIO, errno.EBADF):
+                log.warning("pty read failed: %s", exc, extra={"pid": self.pid})
+            data = b""
+        if not data:
+            self._set_eof()
+            return
+        self._on_output(data)
+
+    def _set_eof(self) -> None:
+        if self._eof:
+            return
+        self._eof = True
+        if self._loop is not None and self._fd >= 0:
+            self._loop.remove_reader(self._fd)
+            self._loop.remove_writer(self._fd)
+        self._on_eof()
+
+    # --- writing -----------------------------------------------------------------------------
+    def write(self, data: bytes) -> None:
+        """Queue bytes for the child; never blocks. Large pastes drain through add_writer."""
+        if self._eof or self._fd < 0:
+            raise BrokenPipeError("the claude process is gone")
+        was_empty = not self._out
+        self._out += data
+        if was_empty:
+            self._flush()
+
+    def _flush(self) -> None:
+        assert self._loop is not None
+        while self._out:
+            try:
+                n = os.write(self._fd, self._out[:READ_CHUNK])
+            except BlockingIOError:
+                break
+            except OSError:
+                self._out.clear()
+                self._loop.remove_writer(self._fd)
+                return
+            del self._out[:n]
+        if self._out:
+            self._loop.add_writer(self._fd, self._flush)
+        else:
+            self._loop.remove_writer(self._fd)
+
+    @property
+    def write_pending(self) -> int:
+        return len(self._out)
+
+    def resize(self, rows: int, cols: int) -> None:
+        if self._proc is not None and not self._eof:
+            self._proc.setwinsize(rows, cols)
+
+    # --- lifetime ----------------------------------------------------------------------------
+    def poll(self) -> bool:
+        """True while the child is alive; reaps it (waitpid WNOHANG) once it has exited."""
+        if self._proc is None:
+            return False
+        if self.exit_status is not None:
+            return False
+        try:
+            alive = bool(self._proc.isalive())
+        except Exception:  # ptyprocess raises if waitpid fails (already reaped elsewhere)
+            alive = False
+        if not alive:
+            status = self._proc.exitstatus
+            sig = self._proc.signalstatus
+            self.exit_status = int(status) if status is not None else -int(sig or 0)
+        return alive
+
+    def _signal_group(self, sig: int) -> None:
+        pid = self.pid
+        if pid is None:
+            return
+        # The child called setsid() (ptyprocess does), so its pid is its process group id and
+        # anything it spawned without a new session dies with it.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, sig)
+
+    async def terminate(self, *, polite: bytes | None = None, grace: float = 2.0) -> int | None:
+        """Stop the child and reap it. Returns its exit status (negative: killed by signal)."""
+        if self._proc is None:
+            return None
+        if self.poll() and polite is not None and not self._eof:
+            with contextlib.suppress(OSError):
+                self.write(polite)
+            await self._wait_dead(grace / 2)
+        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+            if not self.poll():
+                break
+            self._signal_group(sig)
+            await self._wait_dead(wait)
+        if self.poll():  # pragma: no cover - SIGKILL did not work within 5 s
+            log.error("child survived SIGKILL", extra={"pid": self.pid})
+        # Grandchildren left in the group (they are not ours to wait for) still get the signal.
+        self._signal_group(signal.SIGKILL)
+        self._close_fd()
+        return self.exit_status
+
+    async def _wait_dead(self, within: float) -> None:
+        deadline = asyncio.get_running_loop().time() + within
+        delay = 0.005
+        while self.poll() and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(delay)  # waitpid has no awaitable form; back off politely
+            delay = min(delay * 2, 0.05)
+
+    def _close_fd(self) -> None:
+        if self._proc is None:
+            return
+        if self._loop is not None and self._fd >= 0 and not self._eof:
+            self._eof = True
+            self._loop.remove_reader(self._fd)
+            self._loop.remove_writer(self._fd)
+        if not self._proc.closed:
+            with contextlib.suppress(OSError):
+                self._proc.fileobj.close()
+            # Mark closed ourselves: PtyProcess.close()/__del__ would sleep on the loop thread.
+            self._proc.closed = True
+        self._fd = -1

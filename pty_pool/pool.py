@@ -1,0 +1,291 @@
+"""The pool: warm claude sessions, admission control, and the turns that run on them.
+
+Stateless contract: a request without a session id runs on a fresh claude (taken warm from the
+pool when one with the same spawn settings is ready) which is disposed after the turn, so no call
+can see another's conversation; a replacement is spawned in the background. Sessions are keyed by
+`SpawnSpec` (model, system prompt), and the pool keeps warming the most recently used spec.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import AsyncGenerator, AsyncIterator, Coroutine
+from types import TracebackType
+from typing import Any
+
+from protocols import errors
+from protocols.model import SpawnSpec, TurnEvent, TurnRequest
+from protocols.render import render_prompt
+
+from .session import Session
+from .settings import PoolSettings
+from .spawn import find_claude, spawn_spec
+
+log = logging.getLogger(__name__)
+
+_SPAWN_BACKOFF_MAX = 30.0
+
+
+class Turn:
+    """One admitted turn. Use as `async with pool.open_turn(req) as turn: async for ev in turn:`.
+
+    Iterating yields `TextDelta`s (provisional, from the screen) and finally one `TurnResult`
+    (exact, from the transcript), or raises a `protocols.errors.RelayError`. Leaving the `async
+    with` block before the result (client gone) hands the turn back to the pool, which interrupts
+    claude and recovers or replaces the session; the handler never does process work itself.
+    """
+
+    def __init__(self, pool: Pool, request: TurnRequest) -> None:
+        self._pool = pool
+        self._request = request
+        self._gen: AsyncGenerator[TurnEvent, None] | None = None
+        self._admitted = False
+        self._has_slot = False
+
+    async def __aenter__(self) -> Turn:
+        self._pool._admit(self)
+        self._admitted = True
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        gen = self._gen
+        if gen is not None:
+            # The pool, not the handler, finishes an abandoned turn (Esc, recover, dispose).
+            self._pool._spawn_task(gen.aclose(), "abandon turn")
+        elif self._admitted:
+            self._pool._waiting -= 1
+            self._admitted = False
+
+    def __aiter__(self) -> AsyncIterator[TurnEvent]:
+        if self._gen is None:
+            self._gen = self._run()
+        return self._gen
+
+    async def _run(self) -> AsyncGenerator[TurnEvent, None]:
+        pool = self._pool
+        try:
+            try:
+                await asyncio.wait_for(pool._slots.acquire(), pool.settings.queue_timeout)
+            except TimeoutError:
+                raise errors.OverloadedError(
+                    "claude-relay is at capacity: the request waited "
+                    f"{pool.settings.queue_timeout:.0f}s for a free claude session",
+                    retry_after=pool.settings.retry_after,
+                ) from None
+            self._has_slot = True
+        finally:
+            pool._waiting -= 1
+            self._admitted = False
+        session: Session | None = None
+        try:
+            spec = spawn_spec(self._request.model, self._request.system, pool.settings)
+            prompt = render_prompt(self._request.messages)
+            session = await pool._acquire(spec)
+            async for ev in session.run_turn(prompt):
+                yield ev
+        finally:
+            pool._slots.release()
+            self._has_slot = False
+            if session is not None:
+                pool._release(session)
+
+
+class Pool:
+    def __init__(self, settings: PoolSettings) -> None:
+        self.settings = settings
+        self._slots = asyncio.Semaphore(settings.max_busy)
+        self._waiting = 0  # admitted turns not yet holding a slot
+        self._warm: OrderedDict[SpawnSpec, list[Session]] = OrderedDict()
+        self._starting: dict[SpawnSpec, int] = {}
+        self._busy: set[Session] = set()
+        self._recent: OrderedDict[SpawnSpec, None] = OrderedDict()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._binary: str | None = None
+        self._claude_error: str | None = None
+        self._closing = False
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()  # set whenever a busy session is released
+        self._backoff = 0.0
+        self.spawned = 0
+        self.deaths = 0
+        self.started = time.time()
+
+    # --- lifetime ------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Begin warming sessions in the background; never raises for a missing claude binary."""
+        self._binary = find_claude(self.settings.claude_bin)
+        if self._binary is None:
+            self._claude_error = (
+                f"claude binary not found: {self.settings.claude_bin!r} "
+                "(install Claude Code or pass --claude-bin)"
+            )
+            log.error("%s", self._claude_error)
+            return
+        self.settings.workspace.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._recent[self._default_spec()] = None
+        self._spawn_task(self._replenish(), "replenish")
+
+    async def close(self, grace: float = 10.0) -> None:
+        """Stop admitting, let running turns finish up to `grace`, interrupt the rest, kill all."""
+        self._closing = True
+        self._wake.set()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace):
+                while self._busy:
+                    self._idle.clear()
+                    await self._idle.wait()
+        sessions = list(self._busy) + [s for lst in self._warm.values() for s in lst]
+        self._warm.clear()
+        await asyncio.gather(*(s.close() for s in sessions), return_exceptions=True)
+        # Let abandoned-turn and spawn tasks see their sessions die, then cancel what is left.
+        tasks = list(self._tasks)
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=3.0)
+            for t in pending:
+                t.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    def _spawn_task(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("pool task %s failed", task.get_name(), exc_info=task.exception())
+
+    # --- admission -----------------------------------------------------------------------------
+    def open_turn(self, request: TurnRequest) -> Turn:
+        return Turn(self, request)
+
+    def _admit(self, turn: Turn) -> None:
+        if self._closing:
+            raise errors.ServiceUnavailableError("claude-relay is shutting down")
+        if self._claude_error is not None and self._binary is None:
+            raise errors.ServiceUnavailableError(self._claude_error)
+        if self._slots.locked() and self._waiting >= self.settings.max_queue:
+            raise errors.OverloadedError(
+                f"claude-relay is at capacity ({self.settings.max_busy} turns running, "
+                f"{self._waiting} queued); retry later",
+                retry_after=self.settings.retry_after,
+            )
+        self._waiting += 1
+
+    # --- sessions ------------------------------------------------------------------------------
+    def _default_spec(self) -> SpawnSpec:
+        return spawn_spec("default", None, self.settings)
+
+    async def _acquire(self, spec: SpawnSpec) -> Session:
+        self._recent[spec] = None
+        self._recent.move_to_end(spec)
+        while len(self._recent) > 8:
+            self._recent.popitem(last=False)
+        warm = self._warm.get(spec)
+        while warm:
+            session = warm.pop(0)
+            if session.alive and session.state == "ready":
+                self._busy.add(session)
+                self._wake.set()
+                return session
+            self._spawn_task(session.close(), "close dead")
+        self._wake.set()
+        if self._closing:
+            raise errors.ServiceUnavailableError("claude-relay is shutting down")
+        assert self._binary is not None
+        session = Session(spec, self.settings, self._binary)
+        self.spawned += 1
+        self._busy.add(session)
+        try:
+            await session.start()
+        except BaseException:
+            self._busy.discard(session)
+            await session.close()
+            raise
+        return session
+
+    def _release(self, session: Session) -> None:
+        self._busy.discard(session)
+        self._idle.set()
+        # Stateless: never reuse a conversation. Closing takes a few ms of SIGTERM handling.
+        self._spawn_task(session.close(), "dispose")
+        self._wake.set()
+
+    def _warm_count(self) -> int:
+        return sum(len(v) for v in self._warm.values()) + sum(self._starting.values())
+
+    async def _replenish(self) -> None:
+        """Keep `settings.warm` sessions ready for the most recently used spawn settings."""
+        while not self._closing:
+            self._wake.clear()
+            target = next(reversed(self._recent)) if self._recent else self._default_spec()
+            have = len(self._warm.get(target, [])) + self._starting.get(target, 0)
+            if have < self.settings.warm and not self._closing:
+                # make room: warm sessions of older specs go first
+                while self._warm_count() >= self.settings.warm:
+                    victim = next((s for s, v in self._warm.items() if s != target and v), None)
+                    if victim is None:
+                        break
+                    self._spawn_task(self._warm[victim].pop(0).close(), "evict")
+                if self._warm_count() < self.settings.warm:
+                    self._starting[target] = self._starting.get(target, 0) + 1
+                    self._spawn_task(self._warm_one(target), "warm")
+                    continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), 5.0)
+
+    async def _warm_one(self, spec: SpawnSpec) -> None:
+        assert self._binary is not None
+        if self._backoff:
+            await asyncio.sleep(self._backoff)
+        session = Session(spec, self.settings, self._binary)
+        self.spawned += 1
+        try:
+            await session.start()
+        except errors.RelayError as exc:
+            self._claude_error = exc.message
+            self._backoff = min(_SPAWN_BACKOFF_MAX, max(1.0, self._backoff * 2))
+            log.error("warming a claude session failed: %s", exc.message)
+            await session.close()
+            return
+        finally:
+            self._starting[spec] -= 1
+            self._wake.set()
+        self._backoff = 0.0
+        self._claude_error = None
+        if self._closing:
+            await session.close()
+            return
+        self._warm.setdefault(spec, []).append(session)
+        self._warm.move_to_end(spec)
+
+    # --- inspection ----------------------------------------------------------------------------
+    def stats(self) -> dict[str, int]:
+        """Counts for /v1/health: warm, busy, starting, queued, sessions, max_busy, max_queue."""
+        warm = sum(1 for v in self._warm.values() for s in v if s.state == "ready" and s.alive)
+        starting = sum(self._starting.values())
+        return {
+            "warm": warm,
+            "busy": len(self._busy),
+            "starting": starting,
+            "queued": self._waiting,
+            "sessions": warm + len(self._busy) + starting,
+            "max_busy": self.settings.max_busy,
+            "max_queue": self.settings.max_queue,
+            "spawned": self.spawned,
+        }
+
+    @property
+    def claude_error(self) -> str | None:
+        """Why claude cannot be started (e.g. binary not found), or None."""
+        return self._claude_error

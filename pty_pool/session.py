@@ -1,0 +1,362 @@
+"""One claude process and its state machine: starting → ready ⇄ busy → dead.
+
+A session owns its PTY driver, its virtual screen and the tail of its transcript. `run_turn`
+pastes one prompt and yields text deltas (from screen snapshots, polled on PTY output and at least
+every 100 ms) and then the exact `TurnResult` (from the transcript). All TUI knowledge comes from
+`tui`; this module only sequences it in time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Literal
+
+from protocols import errors
+from protocols.model import SpawnSpec, TextBlock, TextDelta, TurnEvent, TurnResult
+
+from . import tui
+from .driver import PtyDriver
+from .screen import ScreenReader, Snapshot
+from .settings import PoolSettings
+from .spawn import build_argv, build_env
+from .transcript import TranscriptTail, TurnLog, config_dir, find_transcript
+
+log = logging.getLogger(__name__)
+
+State = Literal["starting", "ready", "busy", "dead"]
+POLL_INTERVAL = 0.1  # the screen is read at least this often while waiting
+MIN_POLL_GAP = 0.02  # and at most this often, however fast bytes arrive
+TRANSCRIPT_GRACE = 3.0  # idle screen but no turn_duration yet: give the file this long
+# claude draws its prompt a moment before its input handler listens (seen right after the trust
+# dialog on v2.1.197: a paste sent then vanished); ready means ready *and* quiet this long.
+READY_QUIET = 0.25
+RESUBMIT_AFTER = 1.5  # no echo, not busy, empty input this long after a paste: it was lost
+
+
+class Session:
+    def __init__(
+        self,
+        spec: SpawnSpec,
+        settings: PoolSettings,
+        binary: str,
+        *,
+        session_id: str | None = None,
+        resume: bool = False,
+        ephemeral: bool = True,
+    ) -> None:
+        self.spec = spec
+        self.settings = settings
+        self.id = session_id or str(uuid.uuid4())
+        self.ephemeral = ephemeral  # stateless: its transcript is deleted when it closes
+        self.state: State = "starting"
+        self.created = time.time()
+        self.last_used = self.created
+        self.turns = 0
+        self._binary = binary
+        self._resume = resume
+        self._screen = ScreenReader(settings.columns, settings.rows)
+        self._changed = asyncio.Event()
+        self._eof = False
+        self._cfg = config_dir(os.environ)
+        self._tail = TranscriptTail()
+        env = build_env(os.environ, settings)
+        self._driver = PtyDriver(
+            build_argv(binary, spec, self.id, resume=resume, settings=settings),
+            env=env,
+            cwd=str(settings.workspace),
+            rows=settings.rows,
+            cols=settings.columns,
+            on_output=self._on_output,
+            on_eof=self._on_eof,
+        )
+
+    # --- plumbing ------------------------------------------------------------------------------
+    @property
+    def pid(self) -> int | None:
+        return self._driver.pid
+
+    def _on_output(self, data: bytes) -> None:
+        self._screen.feed(data)
+        self._changed.set()
+
+    def _on_eof(self) -> None:
+        self._eof = True
+        self._changed.set()
+
+    @property
+    def alive(self) -> bool:
+        return not self._eof and self._driver.poll()
+
+    async def _next_snapshot(self, last_seq: int) -> Snapshot:
+        """Wait for new PTY output (or POLL_INTERVAL), then read the screen."""
+        if self._screen.seq == last_seq and not self._eof:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), POLL_INTERVAL)
+            # coalesce bursts: Ink writes one frame in several chunks
+            await asyncio.sleep(MIN_POLL_GAP)
+        self._changed.clear()
+        return self._screen.snapshot()
+
+    def _log_extra(self) -> dict[str, object]:
+        return {"session_id": self.id, "pid": self.pid}
+
+    # --- start ---------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Spawn claude and wait until its prompt is ready. Raises RelayError with the screen."""
+        try:
+            self._driver.start()
+        except (FileNotFoundError, PermissionError, OSError) as exc:
+            self.state = "dead"
+            raise errors.ServiceUnavailableError(
+                f"cannot start claude ({self._binary}): {exc}"
+            ) from exc
+        deadline = time.monotonic() + self.settings.ready_timeout
+        trusted = False
+        quiet_since: float | None = None
+        seq = -1
+        while True:
+            snap = await self._next_snapshot(seq)
+            seq = snap.seq
+            st = tui.classify(snap)
+            if self._eof:
+                await self._die()
+                raise errors.ServiceUnavailableError(
+                    "claude exited during startup:\n" + _screen_text(snap)
+                )
+            if st.dialog == "trust" and not trusted:
+                # The relay's own workspace: claude remembers the answer in ~/.claude.json.
+                self._driver.write(tui.ENTER)
+                trusted = True
+                continue
+            if st.dialog is not None and st.dialog != "trust":
+                await self._die()
+                raise _dialog_error(st)
+            if st.ready:
+                quiet_since = quiet_since or time.monotonic()
+                if time.monotonic() - quiet_since >= READY_QUIET:
+                    break
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), READY_QUIET)
+                if self._changed.is_set():
+                    quiet_since = None
+                continue
+            quiet_since = None
+            if time.monotonic() > deadline:
+                await self._die()
+                raise errors.ServiceUnavailableError(
+                    f"claude was not ready after {self.settings.ready_timeout:.0f}s; screen:\n"
+                    + _screen_text(snap)
+                )
+        self._tail.path = self._transcript_path()
+        if self._tail.path is not None:  # resumed: skip what earlier turns wrote
+            await asyncio.to_thread(self._tail.read)
+        self.state = "ready"
+        log.info("session ready", extra=self._log_extra())
+
+    def _transcript_path(self) -> Path | None:
+        guess = (
+            self._cfg
+            / "projects"
+            / re.sub(r"[^A-Za-z0-9]", "-", str(self.settings.workspace))
+            / f"{self.id}.jsonl"
+        )
+        if guess.exists():
+            return guess
+        return find_transcript(self._cfg, self.id)
+
+    # --- turns ---------------------------------------------------------------------------------
+    async def run_turn(self, prompt: str) -> AsyncIterator[TurnEvent]:
+        """Paste `prompt`, stream deltas, end with the exact TurnResult or raise a RelayError.
+
+        If the consumer stops early (client gone), the `finally` interrupts claude so the
+        session is usable again (or marks it dead).
+        """
+        if self.state != "ready":
+            raise errors.ApiError(f"session {self.id} is {self.state}, not ready")
+        self.state = "busy"
+        self.turns += 1
+        self.last_used = time.time()
+        finished = False
+        try:
+            async for ev in self._turn(prompt):
+                yield ev
+            finished = True
+        finally:
+            if not finished and self.state == "busy":
+                await self.interrupt()
+            if self.state == "busy":
+                self.state = "ready"
+            self.last_used = time.time()
+
+    async def _turn(self, prompt: str) -> AsyncIterator[TurnEvent]:
+        settings = self.settings
+        if self._tail.path is not None:
+            await asyncio.to_thread(self._tail.read)  # catch up: only this turn's lines count
+        self._screen.mark()
+        keys = tui.paste_keys(tui.sanitize_prompt(prompt))
+        self._driver.write(keys)
+        t0 = time.monotonic()
+        resubmitted = 0
+        timings: dict[str, float] = {}
+        turn_log = TurnLog()
+        asm = tui.StreamAssembler(settings.columns - 2)
+        started = False
+        progress = ""
+        progress_t = t0
+        idle_since: float | None = None
+        seq = -1
+        last_read = 0.0
+        while True:
+            snap = await self._next_snapshot(seq)
+            seq = snap.seq
+            now = time.monotonic()
+            if self._eof or not self._driver.poll():
+                await self._die()
+                raise errors.ApiError("claude exited during the turn; the request was not answered")
+            st = tui.classify(snap)
+            resp = tui.response(snap)
+            if st.dialog is not None:
+                self._driver.write(tui.ESC)
+                raise _dialog_error(st)
+            if st.busy or resp.rows:
+                if not started:
+                    timings["busy"] = now - t0
+                started = True
+            if resp.rows and not resp.error_text:
+                delta = asm.update(resp.rows)
+                if delta:
+                    timings.setdefault("first_delta", now - t0)
+                    yield TextDelta(delta)
+            if resp.progress != progress:
+                progress, progress_t = resp.progress, now
+            # the transcript settles the turn; read it when claude looks done, else now and then
+            looks_done = started and not st.busy and (resp.completed or resp.error_text)
+            if looks_done or now - last_read > 0.25 or resp.interrupted:
+                last_read = now
+                if self._tail.path is None:
+                    self._tail.path = self._transcript_path()
+                turn_log.add(await asyncio.to_thread(self._tail.read))
+                if turn_log.prompt_seen:
+                    started = True
+            if turn_log.done:
+                break
+            if started and not st.busy and st.input_box:
+                idle_since = idle_since or now
+                if now - idle_since > TRANSCRIPT_GRACE:
+                    log.warning("turn ended without turn_duration", extra=self._log_extra())
+                    break
+            else:
+                idle_since = None
+            if not started and not st.busy and now - t0 > RESUBMIT_AFTER * (resubmitted + 1):
+                if st.ready and resubmitted < 2:
+                    log.warning("prompt was not accepted; pasting again", extra=self._log_extra())
+                    self._driver.write(keys)
+                    resubmitted += 1
+                    continue
+                if st.input_box and st.input_text and resubmitted < 2:
+                    self._driver.write(tui.ENTER)  # pasted but Enter was swallowed
+                    resubmitted += 1
+                    continue
+            if not started and now - t0 > 10.0 and not st.busy:
+                raise errors.ApiError(
+                    "claude did not accept the prompt; screen:\n" + _screen_text(snap)
+                )
+            if started and st.busy and now - progress_t > settings.stall_timeout:
+                await self.interrupt()
+                raise errors.TimeoutError_(
+                    f"upstream stalled: no progress for {settings.stall_timeout:.0f}s; "
+                    "the turn was interrupted"
+                )
+            if now - t0 > settings.turn_timeout:
+                await self.interrupt()
+                raise errors.TimeoutError_(
+                    f"the turn took longer than {settings.turn_timeout:.0f}s and was interrupted"
+                )
+        timings["done"] = time.monotonic() - t0
+        err = turn_log.error()
+        if err is not None:
+            raise err
+        result = turn_log.result()
+        if not turn_log.entries:
+            # no transcript: fall back to what the screen showed (should not happen)
+            text = tui.rows_text(tui.response(self._screen.snapshot()).rows, settings.columns - 2)
+            blocks = (TextBlock(text),) if text else ()
+            result = TurnResult(blocks, "end_turn", result.usage)
+        rest = asm.finish(result.text)
+        if rest:
+            yield TextDelta(rest)
+        yield TurnResult(
+            result.content,
+            result.stop_reason,
+            result.usage,
+            model=result.model,
+            stop_sequence=result.stop_sequence,
+            upstream_message_id=result.upstream_message_id,
+            timings=timings,
+        )
+
+    async def interrupt(self) -> None:
+        """Stop the running turn with Esc and get back to an empty prompt, or mark dead."""
+        if self._eof:
+            await self._die()
+            return
+        with contextlib.suppress(OSError):
+            self._driver.write(tui.ESC)
+        deadline = time.monotonic() + 5.0
+        cleared = False
+        seq = -1
+        while time.monotonic() < deadline:
+            snap = await self._next_snapshot(seq)
+            seq = snap.seq
+            st = tui.classify(snap)
+            if st.dialog == "rewind":
+                self._driver.write(tui.ESC)
+                continue
+            if st.ready:
+                self.state = "ready"
+                return
+            if not st.busy and st.input_box and st.input_text and not cleared:
+                # Esc before the first response byte puts the prompt back into the input box.
+                self._driver.write(tui.CLEAR_INPUT)
+                cleared = True
+        log.warning("interrupt did not return to the prompt", extra=self._log_extra())
+        await self._die()
+
+    # --- end -----------------------------------------------------------------------------------
+    async def _die(self) -> None:
+        self.state = "dead"
+        await self._driver.terminate(grace=1.0)
+
+    async def close(self) -> None:
+        """Terminate claude (process group, reaped) and drop an ephemeral session's files."""
+        self.state = "dead"
+        await self._driver.terminate(grace=2.0)
+        if self.ephemeral:
+            path = self._tail.path or self._transcript_path()
+            if path is not None:
+                with contextlib.suppress(OSError):
+                    await asyncio.to_thread(path.unlink)
+
+
+def _screen_text(snap: Snapshot) -> str:
+    return "\n".join(r.text for r in snap.rows).strip("\n")
+
+
+def _dialog_error(st: tui.ScreenState) -> errors.RelayError:
+    hints = {
+        "api_key": "claude asks whether to use ANTHROPIC_API_KEY; run `claude` once and approve "
+        "it, or unset it to use your subscription login",
+        "login": "claude is not logged in; run `claude` once and log in (/login)",
+        "bypass": "claude asks to confirm bypass-permissions mode",
+        "rewind": "claude opened its Rewind dialog",
+    }
+    hint = hints.get(st.dialog or "", "claude is showing a dialog the relay does not answer")
+    return errors.ServiceUnavailableError(f"{hint}. Screen:\n{st.dialog_text}")

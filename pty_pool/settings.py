@@ -1,0 +1,27 @@
+"""Settings the pool needs, as one frozen value (the daemon maps its config onto it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True, slots=True)
+class PoolSettings:
+    claude_bin: str = "claude"
+    workspace: Path = Path(".")  # claude's cwd; daemon-owned, trusted once
+    warm: int = 2  # idle sessions kept ready at the prompt
+    max_busy: int = 4  # turns running at once
+    max_queue: int = 8  # turns waiting for a slot; beyond that: 529 overloaded_error
+    queue_timeout: float = 60.0  # seconds a queued turn waits before 529
+    retry_after: float = 2.0  # advertised in 529 responses
+    default_model: str | None = None  # --model when the request says "default" or similar
+    system_mode: str = "append"  # how a request's `system` reaches claude: append | replace
+    columns: int = 120
+    rows: int = 50
+    ready_timeout: float = 30.0  # spawn → idle prompt
+    turn_timeout: float = 600.0  # whole turn
+    stall_timeout: float = 90.0  # no visible progress while busy → Esc + error
+    max_retries: int = 2  # CLAUDE_CODE_MAX_RETRIES for the child
+    extra_args: tuple[str, ...] = ()
+    extra_env: tuple[tuple[str, str], ...] = field(default=())

@@ -1,0 +1,86 @@
+"""How a claude process is started: argv and environment for one `SpawnSpec` (pure).
+
+The flags make the interactive TUI a plain model endpoint: no built-in tools, no MCP servers but
+the relay's own (none yet), skills/slash commands off, no tips under the spinner, and a session id
+chosen by the relay so the transcript file is known in advance.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Mapping
+
+from protocols import errors
+from protocols.model import SpawnSpec, SystemMode
+
+from .settings import PoolSettings
+
+# Placeholders clients send when they mean "whatever the relay uses by default".
+DEFAULT_MODEL_NAMES = frozenset({"", "default", "auto", "claude", "claude-code", "claude-cli"})
+# argv strings are limited to 128 KiB each on Linux (MAX_ARG_STRLEN).
+MAX_SYSTEM_PROMPT = 100_000
+
+# Variables claude sets for its own children; inherited, they make claude think it is nested.
+_DROP_ENV = ("CLAUDECODE", "CLAUDE_CODE_ENTRYPOINT", "CLAUDE_CODE_SSE_PORT")
+
+
+def resolve_model(requested: str, default: str | None) -> str | None:
+    """The `--model` value for a request's `model` (None: claude's own default)."""
+    if requested.strip().lower() in DEFAULT_MODEL_NAMES:
+        return default
+    return requested.strip()
+
+
+def spawn_spec(model: str, system: str | None, settings: PoolSettings) -> SpawnSpec:
+    if system is not None and len(system.encode()) > MAX_SYSTEM_PROMPT:
+        raise errors.InvalidRequestError(
+            f"system: the system prompt is longer than {MAX_SYSTEM_PROMPT} bytes, "
+            "which claude-relay cannot pass to claude",
+            param="system",
+        )
+    mode: SystemMode = "replace" if settings.system_mode == "replace" else "append"
+    return SpawnSpec(
+        model=resolve_model(model, settings.default_model), system=system or None, system_mode=mode
+    )
+
+
+def find_claude(claude_bin: str) -> str | None:
+    """Absolute path of the claude binary, or None when it cannot be found."""
+    return shutil.which(claude_bin)
+
+
+def build_argv(
+    binary: str, spec: SpawnSpec, session_id: str, *, resume: bool, settings: PoolSettings
+) -> list[str]:
+    argv = [
+        binary,
+        "--tools",
+        "",
+        "--strict-mcp-config",
+        "--disable-slash-commands",
+        "--settings",
+        json.dumps({"spinnerTipsEnabled": False}),
+    ]
+    argv += ["--resume", session_id] if resume else ["--session-id", session_id]
+    if spec.model:
+        argv += ["--model", spec.model]
+    if spec.system:
+        flag = "--system-prompt" if spec.system_mode == "replace" else "--append-system-prompt"
+        argv += [flag, spec.system]
+    argv += list(settings.extra_args)
+    return argv
+
+
+def build_env(base: Mapping[str, str], settings: PoolSettings) -> dict[str, str]:
+    """The daemon's environment (so ANTHROPIC_* reach claude), cleaned and bounded."""
+    env = {k: v for k, v in base.items() if k not in _DROP_ENV}
+    env["TERM"] = "xterm-256color"
+    env.setdefault("LANG", "C.UTF-8")
+    env.setdefault("DISABLE_AUTOUPDATER", "1")
+    env.setdefault("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
+    # claude's default is 10 retries (~3 minutes for a persistent 500); a client waiting on
+    # HTTP wants a bounded answer and can retry itself.
+    env["CLAUDE_CODE_MAX_RETRIES"] = str(settings.max_retries)
+    env.update(dict(settings.extra_env))
+    return env

@@ -1,0 +1,182 @@
+"""claude's transcript JSONL: the exact text, stop reason and usage of a turn.
+
+claude (v2.1.197) appends one JSON object per line to
+`<config dir>/projects/<cwd, non-alphanumerics → '-'>/<session-uuid>.jsonl`: the user prompt,
+one `assistant` entry per content block (sharing `message.id`, each carrying the final usage),
+a synthetic assistant entry (`isApiErrorMessage`) for API errors, and a `system`/`turn_duration`
+entry when a turn ends. Parsing is pure; `TranscriptTail` only remembers a file offset.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from protocols import errors
+from protocols.model import StopReason, TextBlock, TurnResult, Usage
+
+_STOP_REASONS: frozenset[str] = frozenset(
+    {"end_turn", "max_tokens", "stop_sequence", "tool_use", "pause_turn", "refusal"}
+)
+INTERRUPTED_MARK = "[Request interrupted by user"
+
+
+def config_dir(env: dict[str, str] | os._Environ[str]) -> Path:
+    """Where claude keeps projects/ and sessions/ (CLAUDE_CONFIG_DIR overrides ~/.claude)."""
+    override = env.get("CLAUDE_CONFIG_DIR")
+    if override:
+        return Path(override)
+    return Path(env.get("HOME") or str(Path.home())) / ".claude"
+
+
+def find_transcript(cfg: Path, session_id: str) -> Path | None:
+    projects = cfg / "projects"
+    try:
+        for sub in projects.iterdir():
+            p = sub / f"{session_id}.jsonl"
+            if p.exists():
+                return p
+    except FileNotFoundError:
+        return None
+    return None
+
+
+@dataclass
+class TranscriptTail:
+    """Reads complete lines appended since the last call. Blocking file I/O: call in a thread."""
+
+    path: Path | None = None
+    offset: int = 0
+    _partial: bytes = b""
+
+    def read(self) -> list[dict[str, Any]]:
+        if self.path is None:
+            return []
+        try:
+            with self.path.open("rb") as f:
+                f.seek(self.offset)
+                data = f.read()
+        except FileNotFoundError:
+            return []
+        self.offset += len(data)
+        data = self._partial + data
+        lines = data.split(b"\n")
+        self._partial = lines.pop()
+        out: list[dict[str, Any]] = []
+        for line in lines:
+            if not line.strip():
+                continue
+            try:
+                obj = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(obj, dict):
+                out.append(obj)
+        return out
+
+
+@dataclass
+class TurnLog:
+    """Accumulates the transcript entries of one turn."""
+
+    entries: list[dict[str, Any]] = field(default_factory=list)
+    prompt_seen: bool = False
+    done: bool = False
+    interrupted: bool = False
+
+    def add(self, items: list[dict[str, Any]]) -> None:
+        for e in items:
+            kind = e.get("type")
+            if kind == "user":
+                content = e.get("message", {}).get("content")
+                text = content if isinstance(content, str) else _join_text(content)
+                if INTERRUPTED_MARK in text:
+                    self.interrupted = True
+                    self.done = True
+                elif not e.get("isMeta") and not e.get("toolUseResult"):
+                    self.prompt_seen = True
+            elif kind == "assistant":
+                self.entries.append(e)
+            elif kind == "system" and e.get("subtype") == "turn_duration":
+                self.done = True
+
+    def error(self) -> errors.RelayError | None:
+        for e in reversed(self.entries):
+            if e.get("isApiErrorMessage"):
+                return map_api_error(str(e.get("error") or ""), _join_text(_content(e)))
+        return None
+
+    def result(self) -> TurnResult:
+        """The last assistant message of the turn: its text blocks, stop reason and usage."""
+        msgs = [e for e in self.entries if not e.get("isApiErrorMessage")]
+        if not msgs:
+            return TurnResult((), "end_turn", Usage())
+        last_id = msgs[-1].get("message", {}).get("id")
+        blocks = [e for e in msgs if e.get("message", {}).get("id") == last_id]
+        texts: list[TextBlock] = []
+        for e in blocks:
+            for block in _content(e):
+                if block.get("type") == "text":
+                    texts.append(TextBlock(str(block.get("text", ""))))
+        msg = blocks[-1].get("message", {})
+        stop = str(msg.get("stop_reason") or "end_turn")
+        stop_reason: StopReason = stop if stop in _STOP_REASONS else "end_turn"  # type: ignore[assignment]
+        if self.interrupted:
+            stop_reason = "end_turn"
+        u = msg.get("usage") or {}
+        usage = Usage(
+            input_tokens=int(u.get("input_tokens") or 0),
+            output_tokens=int(u.get("output_tokens") or 0),
+            cache_creation_input_tokens=int(u.get("cache_creation_input_tokens") or 0),
+            cache_read_input_tokens=int(u.get("cache_read_input_tokens") or 0),
+        )
+        return TurnResult(
+            content=tuple(texts),
+            stop_reason=stop_reason,
+            usage=usage,
+            model=msg.get("model"),
+            stop_sequence=msg.get("stop_sequence"),
+            upstream_message_id=last_id,
+        )
+
+
+def _content(e: dict[str, Any]) -> list[dict[str, Any]]:
+    c = e.get("message", {}).get("content")
+    if isinstance(c, list):
+        return [b for b in c if isinstance(b, dict)]
+    if isinstance(c, str):
+        return [{"type": "text", "text": c}]
+    return []
+
+
+def _join_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(
+            str(b.get("text", "")) for b in content if isinstance(b, dict) and "text" in b
+        )
+    return ""
+
+
+def map_api_error(kind: str, text: str) -> errors.RelayError:
+    """claude's synthetic error entry → the relay error a direct API client would have seen."""
+    msg = text.removeprefix("API Error: ").strip() or "upstream error"
+    if kind == "authentication_failed" or "Invalid API key" in text or "/login" in text:
+        return errors.AuthenticationError(
+            f"claude could not authenticate upstream: {msg}. Log in with `claude` "
+            "(run `/login` there) or fix ANTHROPIC_API_KEY, then retry."
+        )
+    if kind == "rate_limit" or "429" in text:
+        return errors.RateLimitError(f"upstream rate limit: {msg}", retry_after=30)
+    if "Overloaded" in text or "529" in text:
+        return errors.OverloadedError(f"upstream overloaded: {msg}", retry_after=10)
+    if kind == "invalid_request" or "Prompt is too long" in text:
+        return errors.InvalidRequestError(msg)
+    if "timed out" in text:
+        return errors.TimeoutError_(f"upstream timed out: {msg}")
+    return errors.ApiError(f"upstream error: {msg}")

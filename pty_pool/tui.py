@@ -1,0 +1,365 @@
+"""All claude-relay knows about the claude TUI's screen, keys and wording, in one pure module.
+
+Observed on Claude Code v2.1.197 (see docs/tui.md and tests/golden/, recorded from that version).
+Input: `Snapshot`s from `pty_pool.screen`; output: plain values (screen state, response rows,
+text deltas) and the bytes to type. No I/O, no asyncio: when claude changes its wording, a golden
+test over a recorded byte stream names what broke, here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import difflib
+import itertools
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from wcwidth import wcswidth
+
+from .screen import Row, Snapshot
+
+CLI_VERSION_OBSERVED = "2.1.197"
+
+# --- keys --------------------------------------------------------------------------------------
+ESC = b"\x1b"
+ENTER = b"\r"
+PASTE_START = b"\x1b[200~"
+PASTE_END = b"\x1b[201~"
+CLEAR_INPUT = b"\x1b\x1b"  # only when the input box is non-empty: on an empty one it opens Rewind
+
+# --- prompt sanitising -------------------------------------------------------------------------
+# C0 controls other than \t and \n reach the model verbatim or act as keys; ESC can end the
+# bracketed paste early (ESC[201~/exit\r made claude exit), so all of them go.
+_C0 = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+# `@path` at a word start makes claude read any readable file and send it upstream.
+_AT_WORD = re.compile(r"(^|\s)@")
+_ZWSP = "\u200b"
+
+
+def sanitize_prompt(text: str) -> str:
+    """Make `text` safe to paste: it reaches the model as text and runs nothing.
+
+    - CR/CRLF → LF (claude does the same inside a paste), other C0 controls and ESC removed;
+    - a leading `/` (slash command) or `!` (bash mode, runs even with --tools "") gets a leading
+      space, which claude keeps in the prompt text;
+    - `@` starting a word gets a zero-width space after it so no file is attached.
+    """
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    text = _C0.sub("", text)
+    text = _AT_WORD.sub(lambda m: m.group(1) + "@" + _ZWSP, text)
+    if text[:1] in ("/", "!"):
+        text = " " + text
+    return text
+
+
+def paste_keys(text: str) -> bytes:
+    """Bracketed paste of already-sanitised text, then Enter, as one write."""
+    if "\x1b" in text:
+        raise ValueError("unsanitised prompt")
+    return PASTE_START + text.encode("utf-8") + PASTE_END + ENTER
+
+
+# --- screen classification -----------------------------------------------------------------------
+_RULE = re.compile(r"^─{20,}$")
+_PROMPT = re.compile(r"^❯(?:[\u00a0 ]|$)")
+_SPINNER_TITLE = re.compile(r"^[\u2800-\u28ff] ")  # braille spinner while busy
+_IDLE_TITLE = "✳"
+_COMPLETION = re.compile(r"^✻ \S+ for (?:\d+m )?\d+s$")
+_TOKENS = re.compile(r"[↓↑] ([\d.,]+k?) tokens")
+BUSY_FOOTER = "esc to interrupt"
+
+DialogKind = Literal["trust", "api_key", "bypass", "login", "rewind", "unknown"]
+
+_DIALOGS: tuple[tuple[str, DialogKind], ...] = (
+    ("trust this folder", "trust"),
+    ("Detected a custom API key", "api_key"),
+    ("Bypass Permissions mode", "bypass"),
+    ("Select login method", "login"),
+    ("Invalid API key · Please run /login", "login"),
+    ("Restore the code and/or conversation", "rewind"),
+    ("Enter to confirm", "unknown"),
+    ("Do you want to", "unknown"),
+    ("Esc to cancel", "unknown"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ScreenState:
+    input_box: bool  # the `❯` input line between two rules is drawn
+    input_text: str  # what sits in the input box ("" when empty)
+    footer: str
+    busy: bool  # footer says "esc to interrupt" or the title spins
+    title: str
+    dialog: DialogKind | None
+    dialog_text: str  # the visible screen, for error messages, when a dialog is up
+
+    @property
+    def ready(self) -> bool:
+        """Idle at an empty prompt, nothing in the way: a paste now is submitted."""
+        return self.input_box and not self.busy and self.dialog is None and not self.input_text
+
+
+def _input_box(rows: tuple[Row, ...]) -> tuple[int, int] | None:
+    """(top rule index, prompt index) of the bottom-most input box, or None."""
+    for i in range(len(rows) - 1, 0, -1):
+        # the prompt may wrap over several rows; a rule must follow somewhere below
+        if (
+            _PROMPT.match(rows[i].text)
+            and _RULE.match(rows[i - 1].text)
+            and any(_RULE.match(r.text) for r in rows[i + 1 :])
+        ):
+            return i - 1, i
+    return None
+
+
+def classify(snap: Snapshot) -> ScreenState:
+    rows = snap.rows
+    box = _input_box(rows)
+    footer = ""
+    input_text = ""
+    if box is not None:
+        _, prompt = box
+        bottom = next(j for j in range(prompt + 1, len(rows)) if _RULE.match(rows[j].text))
+        parts = [rows[prompt].text[2:]] + [r.text.strip() for r in rows[prompt + 1 : bottom]]
+        input_text = "\n".join(parts).strip("\u00a0 \n")
+        footer = " ".join(r.text.strip() for r in rows[bottom + 1 :] if r.text.strip())
+    busy = BUSY_FOOTER in footer or bool(_SPINNER_TITLE.match(snap.title))
+    dialog: DialogKind | None = None
+    screen_text = "\n".join(r.text for r in rows).strip("\n")
+    if box is None:
+        for needle, kind in _DIALOGS:
+            if needle in screen_text:
+                dialog = kind
+                break
+    return ScreenState(
+        input_box=box is not None,
+        input_text=input_text,
+        footer=footer,
+        busy=busy,
+        title=snap.title,
+        dialog=dialog,
+        dialog_text=screen_text if dialog else "",
+    )
+
+
+# --- the response region ---------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Response:
+    """The rows of the latest turn below the echoed prompt, with structure stripped."""
+
+    rows: tuple[Row, ...]  # assistant text rows, 2-column indent removed; blank rows kept
+    completed: bool  # the `✻ <Verb> for <dur>` line is drawn
+    interrupted: bool  # `Interrupted · What should Claude do instead?`
+    error_text: str | None  # `● API Error: …` / `⎿  …` error shown instead of a reply
+    progress: str  # a key that changes whenever claude shows upstream progress
+
+
+_BLOCK_START = "● "
+_INDENT = "  "
+_ERROR_PREFIXES = ("API Error:",)
+_ERROR_HINTS = (
+    "Invalid API key",
+    "Prompt is too long",
+    "Request timed out",
+    "Credit balance is too low",
+    "usage limit",
+    "Please run /login",
+    "OAuth token",
+)
+
+
+def _strip_row(row: Row, n: int) -> Row:
+    spans = tuple(
+        type(s)(max(0, s.start - n), s.end - n, s.bold, s.italics, s.underscore, s.fg)
+        for s in row.spans
+        if s.end > n
+    )
+    return Row(row.text[n:], spans, max(0, row.width - n))
+
+
+def response(snap: Snapshot) -> Response:
+    """Find the reply to the most recent prompt in scrollback + screen.
+
+    Layout (v2.1.197): the prompt is echoed at column 0 as `❯ text`; every model-authored row
+    is indented by two columns, the first row of a block starts with `● `; structure at column
+    0 is claude's own (spinner, `✻` completion line, rules, the input box).
+    """
+    rows = snap.all_rows
+    box = _input_box(snap.rows)
+    end = len(snap.scrollback) + box[0] if box is not None else len(rows)
+    echo = -1
+    for i in range(end - 1, -1, -1):
+        if _PROMPT.match(rows[i].text) and rows[i].text.strip("❯\u00a0 "):
+            echo = i
+            break
+    body = rows[echo + 1 : end]
+    out: list[Row] = []
+    started = False
+    completed = False
+    interrupted = False
+    error_text: str | None = None
+    spinner = ""
+    for row in body:
+        t = row.text
+        if t.startswith(_BLOCK_START):
+            stripped = t[2:]
+            if any(stripped.startswith(p) for p in _ERROR_PREFIXES):
+                error_text = stripped
+                continue
+            if started and out:
+                out.append(Row(""))  # a second block (e.g. after thinking) starts a paragraph
+            started = True
+            out.append(_strip_row(row, 2))
+        elif t.startswith(_INDENT) or t == "":
+            inner = t.strip()
+            if inner.startswith("⎿"):
+                msg = inner.lstrip("⎿").strip()
+                if msg.startswith("Interrupted"):
+                    interrupted = True
+                elif any(h in msg for h in _ERROR_HINTS):
+                    error_text = msg
+                continue
+            if not started:
+                continue  # echo continuation rows, thinking summaries before the text
+            if t.startswith("    ") and not out:
+                continue
+            out.append(_strip_row(row, 2) if t else Row(""))
+        elif _COMPLETION.match(t):
+            completed = True
+            started = False
+        else:
+            # spinner / thinking / retry status line at column 0: progress, not text
+            spinner = t
+            if started:
+                started = False
+    while out and not out[-1].text:
+        out.pop()
+    tokens = _TOKENS.search(spinner)
+    progress = f"{len(out)}|{out[-1].text if out else ''}|{tokens.group(1) if tokens else ''}"
+    return Response(tuple(out), completed, interrupted, error_text, progress)
+
+
+# --- rows → text -------------------------------------------------------------------------------
+def _first_word(text: str) -> str:
+    return text.split(" ", 1)[0]
+
+
+def _is_wide(ch: str) -> bool:
+    o = ord(ch)
+    return o >= 0x1100 and (
+        o <= 0x115F
+        or 0x2E80 <= o <= 0xA4CF
+        or 0xAC00 <= o <= 0xD7A3
+        or 0xF900 <= o <= 0xFAFF
+        or 0xFF00 <= o <= 0xFF60
+        or 0x20000 <= o <= 0x3FFFD
+    )
+
+
+def join(a: Row, b: Row, width: int) -> str:
+    """The text between the end of row `a` and the end of row `b` in the model's text.
+
+    claude (Ink) word-wraps at `width` columns and drops the space at the break. A row is taken as
+    wrapped when the next row's first word would not have fitted after it; otherwise the break was
+    the model's own newline. A wrapped continuation loses its layout indent; a full row without a
+    space is a hard-broken long word; CJK text wraps between characters without a space.
+    """
+    if not a.text or not b.text:
+        return "\n" + b.text
+    rest = b.text.lstrip(" ")
+    word = rest.split(" ", 1)[0]
+    if a.width + 1 + max(wcswidth(word), len(word)) <= width:
+        return "\n" + b.text
+    if _is_wide(a.text[-1]) or _is_wide(rest[0]):
+        return rest
+    if a.width >= width and " " not in a.text.strip():
+        return rest
+    return " " + rest
+
+
+def rows_text(rows: tuple[Row, ...] | list[Row], width: int) -> str:
+    if not rows:
+        return ""
+    parts = [rows[0].text]
+    for a, b in itertools.pairwise(rows):
+        parts.append(join(a, b, width))
+    return "".join(parts)
+
+
+_TABLE_CHARS = ("|", "┌", "│", "├", "└")
+
+
+def _is_table_row(row: Row) -> bool:
+    return row.text.lstrip()[:1] in _TABLE_CHARS
+
+
+class StreamAssembler:
+    """Turns successive response snapshots into append-only text deltas.
+
+    Rows are emitted once drawn (claude draws only completed rows). Rows of a markdown table are
+    held back until a blank row closes the table, because claude redraws a streaming table as a
+    box-drawn one and then fills its cells in. Emitted text can never be taken back, so at turn
+    end `finish` aligns what was sent with the exact transcript text and returns the rest.
+    """
+
+    def __init__(self, width: int) -> None:
+        self.width = width
+        self._rows: list[Row] = []
+        self.sent = ""
+        self.diverged = False
+
+    def update(self, rows: tuple[Row, ...]) -> str:
+        if self.diverged:
+            return ""
+        n = len(self._rows)
+        if [r.text for r in rows[:n]] != [r.text for r in self._rows]:
+            # Something already sent was redrawn differently (a table, an error replacing the
+            # reply): stop streaming from the screen; `finish` reconciles.
+            self.diverged = True
+            return ""
+        stable = len(rows)
+        # hold back a trailing table block until a blank row follows it
+        j = stable
+        while j > n and _is_table_row(rows[j - 1]):
+            j -= 1
+        stable = min(stable, j)
+        new = rows[n:stable]
+        if not new:
+            return ""
+        out: list[str] = []
+        prev = self._rows[-1] if self._rows else None
+        for row in new:
+            out.append(row.text if prev is None else join(prev, row, self.width))
+            prev = row
+        self._rows.extend(new)
+        delta = "".join(out)
+        self.sent += delta
+        return delta
+
+    def finish(self, exact: str) -> str:
+        """The text still to send so the stream ends with the exact reply as far as possible."""
+        sent = self.sent
+        if exact.startswith(sent):
+            return exact[len(sent) :]
+        if not sent:
+            return exact
+        return exact[_align_end(sent, exact) :]
+
+
+def _align_end(sent: str, exact: str) -> int:
+    """Index in `exact` that corresponds to the end of `sent` (which is a rendering of a prefix).
+
+    Only the tail of `sent` is aligned, so the cost stays bounded for long replies.
+    """
+    tail = sent[-2000:]
+    lo = max(0, len(sent) - 4000)
+    window = exact[lo : lo + len(tail) + 6000] if len(sent) > 2000 else exact[: len(tail) + 6000]
+    base = lo if len(sent) > 2000 else 0
+    sm = difflib.SequenceMatcher(None, tail, window, autojunk=False)
+    blocks = [b for b in sm.get_matching_blocks() if b.size]
+    if not blocks:
+        return min(len(exact), len(sent))
+    last = blocks[-1]
+    pos = base + last.b + last.size + (len(tail) - (last.a + last.size))
+    # never cut a line in two: continue from the next line start if the match ended mid-line
+    return max(0, min(len(exact), pos))
