@@ -21,10 +21,11 @@ from pty_pool.pool import Pool
 async def _pool_lifetime(app: web.Application) -> AsyncIterator[None]:
     pool = app[POOL_KEY]
     await pool.start()  # begins warming in the background; a missing claude is not an error here
-    try:
-        yield
-    finally:
-        await pool.close(grace=app[CONFIG_KEY].shutdown_grace)
+    yield
+    # Deliberately not in a `finally`: after a forced exit asyncio finalizes this generator, and
+    # the CLI has already closed the pool with no grace; waiting out the grace then would undo
+    # the force.
+    await pool.close(grace=app[CONFIG_KEY].shutdown_grace)
 
 
 async def _drain_pool(app: web.Application) -> None:

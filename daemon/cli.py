@@ -106,7 +106,7 @@ async def serve(config: Config, *, pool: RelayPool | None = None) -> int:
             log.warning("%s again: exiting without waiting for running turns", signum.name)
             force.set()
         else:
-            log.info("%s: shutting down (grace %.0fs)", signum.name, config.shutdown_grace)
+            log.info("%s: shutting down (grace %gs)", signum.name, config.shutdown_grace)
             stop.set()
 
     app = make_app(config, pool=pool)

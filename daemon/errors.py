@@ -32,6 +32,8 @@ from protocols.errors import (
 )
 
 log = logging.getLogger(__name__)
+# Its own name, so the per-request lines can be filtered or routed apart from diagnostics.
+access_log = logging.getLogger("daemon.access")
 
 ErrorRenderer = Callable[[RelayError, str | None], dict[str, Any]]
 """Builds an API's error body from an error and the request id (`protocols.*.error_body`)."""
@@ -128,7 +130,7 @@ def _from_http_exception(exc: web.HTTPException, request: web.Request) -> RelayE
 def _log_access(request: web.Request, info: RequestInfo, status: int) -> None:
     duration_ms = round((time.monotonic() - info.started) * 1000, 1)
     level = logging.DEBUG if info.quiet else logging.INFO
-    log.log(
+    access_log.log(
         level,
         "%s %s %s %.1fms",
         request.method,
@@ -171,6 +173,10 @@ def make_error_middleware(default: ErrorRenderer) -> Middleware:
                 )
                 if "Allow" in exc.headers:
                     response.headers["Allow"] = exc.headers["Allow"]
+            except ConnectionResetError:
+                # The client left while we read its body or wrote a reply: nobody to answer, and
+                # not our failure, so no traceback.
+                response = web.Response(status=499)
             except Exception:
                 log.exception(
                     "unhandled error in %s %s",

@@ -24,7 +24,9 @@ _RECORD_ATTRS: Final = frozenset(
 
 
 def _extras(record: logging.LogRecord) -> dict[str, object]:
-    extra = {k: v for k, v in record.__dict__.items() if k not in _RECORD_ATTRS}
+    # None means "not known here" (a request that never named a model); leaving it out keeps
+    # lines short and lets collectors treat a present key as meaningful.
+    extra = {k: v for k, v in record.__dict__.items() if k not in _RECORD_ATTRS and v is not None}
     ordered: dict[str, object] = {k: extra.pop(k) for k in STABLE_KEYS if k in extra}
     ordered.update(sorted(extra.items()))
     return ordered

@@ -111,36 +111,47 @@ class TurnLog:
         return None
 
     def result(self) -> TurnResult:
-        """The last assistant message of the turn: its text blocks, stop reason and usage."""
+        """The turn's reply: its text, the last stop reason, and the usage of every request.
+
+        Usually one assistant message. When the model stops at `max_tokens`, claude (v2.1.197)
+        itself sends "Output token limit hit. Resume directly…" and the model continues in a
+        second message; the client asked one question, so the texts are joined into one reply and
+        the usage is summed over the requests claude made for it.
+        """
         msgs = [e for e in self.entries if not e.get("isApiErrorMessage")]
         if not msgs:
             return TurnResult((), "end_turn", Usage())
-        last_id = msgs[-1].get("message", {}).get("id")
-        blocks = [e for e in msgs if e.get("message", {}).get("id") == last_id]
-        texts: list[TextBlock] = []
-        for e in blocks:
+        text = ""
+        usage = Usage()
+        seen_ids: set[str] = set()
+        last_msg: dict[str, Any] = {}
+        for e in msgs:
+            msg = e.get("message", {})
+            mid = str(msg.get("id"))
             for block in _content(e):
                 if block.get("type") == "text":
-                    texts.append(TextBlock(str(block.get("text", ""))))
-        msg = blocks[-1].get("message", {})
-        stop = str(msg.get("stop_reason") or "end_turn")
+                    text += str(block.get("text", ""))
+            last_msg = msg
+            if mid not in seen_ids:  # every entry of one message repeats the final usage
+                seen_ids.add(mid)
+                u = msg.get("usage") or {}
+                usage = usage + Usage(
+                    input_tokens=int(u.get("input_tokens") or 0),
+                    output_tokens=int(u.get("output_tokens") or 0),
+                    cache_creation_input_tokens=int(u.get("cache_creation_input_tokens") or 0),
+                    cache_read_input_tokens=int(u.get("cache_read_input_tokens") or 0),
+                )
+        stop = str(last_msg.get("stop_reason") or "end_turn")
         stop_reason: StopReason = stop if stop in _STOP_REASONS else "end_turn"  # type: ignore[assignment]
         if self.interrupted:
             stop_reason = "end_turn"
-        u = msg.get("usage") or {}
-        usage = Usage(
-            input_tokens=int(u.get("input_tokens") or 0),
-            output_tokens=int(u.get("output_tokens") or 0),
-            cache_creation_input_tokens=int(u.get("cache_creation_input_tokens") or 0),
-            cache_read_input_tokens=int(u.get("cache_read_input_tokens") or 0),
-        )
         return TurnResult(
-            content=tuple(texts),
+            content=(TextBlock(text),) if text else (),
             stop_reason=stop_reason,
             usage=usage,
-            model=msg.get("model"),
-            stop_sequence=msg.get("stop_sequence"),
-            upstream_message_id=last_id,
+            model=last_msg.get("model"),
+            stop_sequence=last_msg.get("stop_sequence"),
+            upstream_message_id=last_msg.get("id"),
         )
 
 

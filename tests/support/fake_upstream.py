@@ -739,7 +739,7 @@ class FakeUpstream:
     async def wait_for(
         self,
         predicate: Callable[[], bool],
-        timeout: float = 5.0,  # noqa: ASYNC109
+        timeout: float = 5.0,
         what: str = "a condition",
     ) -> None:
         """Wait until `predicate()` holds; it is re-checked whenever a request arrives or ends."""
@@ -753,7 +753,7 @@ class FakeUpstream:
     async def wait_for_requests(
         self,
         n: int,
-        timeout: float = 5.0,  # noqa: ASYNC109
+        timeout: float = 5.0,
     ) -> list[RecordedRequest]:
         """Wait until `n` main requests have arrived; returns the first `n`."""
         await self.wait_for(lambda: len(self.main_requests) >= n, timeout, f"{n} main requests")
@@ -762,7 +762,7 @@ class FakeUpstream:
     async def wait_finished(
         self,
         record: RecordedRequest,
-        timeout: float = 5.0,  # noqa: ASYNC109
+        timeout: float = 5.0,
     ) -> Outcome:
         """Wait until the answer to `record` has ended; returns how it ended."""
         await self.wait_for(lambda: record.outcome is not None, timeout, "finished answer")

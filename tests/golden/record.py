@@ -1,0 +1,149 @@
+"""Record the real claude CLI's PTY output for the golden tests of `pty_pool.tui`.
+
+Usage: `.venv/bin/python -m tests.golden.record [NAME ...]` (needs the pinned CLI: ./dev.sh claude).
+Each scenario runs one fresh claude against the fake upstream and writes
+`tests/golden/<name>.jsonl`: a header line (CLI version, terminal size, the model's exact text,
+what the scenario expects) and one line per PTY read (`t` seconds since spawn, `b` base64 bytes),
+so a replay reproduces every intermediate screen the relay saw.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from protocols.model import SpawnSpec
+from pty_pool.session import Session
+from pty_pool.settings import PoolSettings
+from tests.support.claude_env import child_env, claude_bin, make_home
+from tests.support.fake_upstream import FakeUpstream, Reply
+
+HERE = Path(__file__).parent
+
+PROSE = (
+    "The relay keeps a pool of warm claude processes so that a request does not pay for a cold "
+    "start, and it reads their screens to stream text back while the model is still writing.\n\n"
+    "Short second paragraph.\nA line right after a hard break.\n\n"
+    + " ".join(f"word{i:02d}" for i in range(60))
+    + "\n\nLast paragraph, which ends without a newline."
+)
+MARKDOWN = (
+    "# Heading One\n\nSome **bold text**, *italic*, and `inline code` in a sentence.\n\n"
+    "## Heading Two\n\n- bullet one\n- bullet **two**\n  - nested bullet\n\n"
+    "1. first\n2. second\n\n"
+    "```python\ndef double(x):\n    return x * 2\n```\n\n"
+    '```json\n{"key": "value", "n": 1}\n```\n\n'
+    "| Col A | Col B |\n|---|---|\n| a1 | b1 |\n| a2 long | b2 |\n\n"
+    "> a quote\n\nDone with [a link](https://example.com/x)."
+)
+UNICODE = "中文字符测试 日本語のテキスト 한국어\nCafé é ñ — “quotes” 👍🏽 👨‍👩‍👧 ❤️ 🇫🇷 end."
+
+
+@dataclass
+class Scenario:
+    name: str
+    reply: Reply
+    prompt: str = "Hello there"
+    interrupt_after_delta: bool = False
+    env: dict[str, str] = field(default_factory=dict)
+    expect: dict[str, Any] = field(default_factory=dict)
+
+
+SCENARIOS = [
+    Scenario("prose", Reply(text=PROSE, chunk_chars=12, delay=0.03), expect={"exact_stream": True}),
+    Scenario("markdown", Reply(text=MARKDOWN, chunk_chars=10, delay=0.02)),
+    Scenario("unicode", Reply(text=UNICODE, chunk_chars=4, delay=0.02)),
+    Scenario("thinking", Reply(text="After thought.", thinking="Deep thought " * 20)),
+    Scenario("error_500", Reply(status=500), expect={"error": "server_error"}),
+    Scenario("error_401", Reply(status=401), expect={"error": "authentication_failed"}),
+    Scenario(
+        "interrupt",
+        Reply(text=PROSE, chunk_chars=8, delay=0.1),
+        interrupt_after_delta=True,
+        expect={"interrupted": True},
+    ),
+]
+
+
+class Recorder(Session):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.t0 = time.monotonic()
+        self.chunks: list[tuple[float, bytes]] = []
+
+    def _on_output(self, data: bytes) -> None:
+        self.chunks.append((time.monotonic() - self.t0, data))
+        super()._on_output(data)
+
+
+def cli_version(binary: str) -> str:
+    out = subprocess.run([binary, "--version"], capture_output=True, text=True, check=False)
+    return out.stdout.split()[0] if out.stdout else "unknown"
+
+
+async def record(sc: Scenario, binary: str) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="golden-"))
+    try:
+        async with FakeUpstream() as up:
+            make_home(tmp / "home")
+            os.environ.update(child_env(tmp / "home", up.url))
+            os.environ.update(sc.env)
+            settings = PoolSettings(
+                claude_bin=binary, workspace=tmp / "ws", max_retries=1, columns=100, rows=40
+            )
+            settings.workspace.mkdir()
+            # errors are retried by claude (max_retries=1 here): script every attempt
+            up.push(*([sc.reply] * (3 if sc.reply.status != 200 else 1)))
+            s = Recorder(SpawnSpec(), settings, binary)
+            await s.start()
+            ready_at = len(s.chunks)
+            outcome: dict[str, Any] = {}
+            try:
+                async for _ev in s.run_turn(sc.prompt):
+                    outcome.setdefault("events", 0)
+                    outcome["events"] += 1
+                    if sc.interrupt_after_delta:
+                        break
+            except Exception as exc:  # recorded, the golden test checks the screen
+                outcome["error"] = f"{type(exc).__name__}: {exc}"
+            if sc.interrupt_after_delta:
+                await asyncio.sleep(0.5)
+            await s.close()
+            header = {
+                "cli_version": cli_version(binary),
+                "columns": settings.columns,
+                "rows": settings.rows,
+                "ready_chunk": ready_at,
+                "text": sc.reply.text,
+                "expect": sc.expect,
+                "outcome": outcome,
+            }
+            with (HERE / f"{sc.name}.jsonl").open("w") as f:
+                f.write(json.dumps(header, ensure_ascii=False) + "\n")
+                for t, b in s.chunks:
+                    f.write(json.dumps({"t": round(t, 4), "b": base64.b64encode(b).decode()}))
+                    f.write("\n")
+            print(sc.name, len(s.chunks), "chunks", outcome)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+async def main(names: list[str]) -> None:
+    binary = shutil.which(claude_bin()) or claude_bin()
+    for sc in SCENARIOS:
+        if not names or sc.name in names:
+            await record(sc, binary)
+
+
+if __name__ == "__main__":
+    asyncio.run(main(sys.argv[1:]))

@@ -1,0 +1,91 @@
+"""Unit tests of the pure TUI helpers: sanitising, keys, row joining."""
+
+from __future__ import annotations
+
+import pytest
+
+from pty_pool import tui
+from pty_pool.screen import Row, ScreenReader
+
+
+@pytest.mark.parametrize(
+    ("raw", "safe"),
+    [
+        ("hello", "hello"),
+        ("/exit", " /exit"),
+        ("!touch pwned", " !touch pwned"),
+        ("x\x1b[201~/exit\r", "x[201~/exit\n"),
+        ("a\r\nb\rc", "a\nb\nc"),
+        ("tab\tand\nnewline", "tab\tand\nnewline"),
+        ("ctl\x03\x04\x08\x7fend", "ctlend"),
+        ("@/etc/hostname", "@\u200b/etc/hostname"),
+        ("look at @file now", "look at @\u200bfile now"),
+        ("bob@example.com", "bob@example.com"),
+        ("line\n@file", "line\n@\u200bfile"),
+    ],
+)
+def test_sanitize(raw: str, safe: str) -> None:
+    assert tui.sanitize_prompt(raw) == safe
+
+
+def test_paste_keys_bracket_and_submit() -> None:
+    keys = tui.paste_keys("hi")
+    assert keys == b"\x1b[200~hi\x1b[201~\r"
+    with pytest.raises(ValueError, match="unsanitised"):
+        tui.paste_keys("a\x1bb")
+
+
+def _row(text: str) -> Row:
+    return Row(text, (), len(text))
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "width", "joined"),
+    [
+        ("short line", "next", 20, "\nnext"),  # the model's own newline
+        ("aaaa bbbb cccc dddd", "eeee", 20, " eeee"),  # word-wrapped
+        ("x" * 20, "yyy", 20, "yyy"),  # hard-broken long word
+        ("中文中文中文中文中文", "字符", 20, "字符"),  # CJK wraps without a space
+        ("para", "", 20, "\n"),
+        ("", "para", 20, "\npara"),
+    ],
+)
+def test_join(a: str, b: str, width: int, joined: str) -> None:
+    ra, rb = _row(a), _row(b)
+    if a.startswith("中"):
+        ra = Row(a, (), 2 * len(a))
+    assert tui.join(ra, rb, width) == joined
+
+
+def test_rows_text() -> None:
+    rows = [_row("one two"), _row("three"), _row(""), _row("four")]
+    assert tui.rows_text(rows, 9) == "one two three\n\nfour"
+
+
+def test_assembler_holds_back_tables_and_finishes_exact() -> None:
+    asm = tui.StreamAssembler(40)
+    assert asm.update((_row("Intro."),)) == "Intro."
+    assert asm.update((_row("Intro."), _row(""), _row("| a | b |"))) == "\n"
+    final = (_row("Intro."), _row(""), _row("┌───┐"), _row("└───┘"), _row(""), _row("End."))
+    assert asm.update(final) == "\n┌───┐\n└───┘\n\nEnd."
+    assert asm.finish("Intro.\n\n| a | b |\n|---|---|\n\nEnd.") == ""
+
+
+def test_assembler_diverged_stream_resumes_from_alignment() -> None:
+    asm = tui.StreamAssembler(40)
+    asm.update((_row("Heading"), _row(""), _row("Some bold text")))
+    asm.update((_row("Changed"),))
+    assert asm.diverged
+    exact = "# Heading\n\nSome **bold** text\n\nThe rest."
+    assert asm.finish(exact).endswith("The rest.")
+
+
+def test_screen_keeps_zwj_sequences_and_scrollback() -> None:
+    s = ScreenReader(20, 3)
+    s.feed("fam 👨\u200d👩\u200d👧 ok".encode())
+    assert s.snapshot().rows[0].text == "fam 👨\u200d👩\u200d👧 ok"
+    s.mark()
+    s.feed(b"\r\n1\r\n2\r\n3\r\n4")
+    snap = s.snapshot()
+    assert [r.text for r in snap.scrollback] == ["fam 👨\u200d👩\u200d👧 ok", "1"]
+    assert [r.text for r in snap.rows] == ["2", "3", "4"]
