@@ -69,6 +69,8 @@ class PtyDriver:
         self._out = bytearray()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._eof = False
+        self._drained = asyncio.Event()
+        self._drained.set()
         self.exit_status: int | None = None
 
     @property
@@ -128,6 +130,7 @@ class PtyDriver:
             raise BrokenPipeError("the claude process is gone")
         was_empty = not self._out
         self._out += data
+        self._drained.clear()
         if was_empty:
             self._flush()
 
@@ -141,12 +144,18 @@ class PtyDriver:
             except OSError:
                 self._out.clear()
                 self._loop.remove_writer(self._fd)
+                self._drained.set()
                 return
             del self._out[:n]
         if self._out:
             self._loop.add_writer(self._fd, self._flush)
         else:
             self._loop.remove_writer(self._fd)
+            self._drained.set()
+
+    async def drain(self) -> None:
+        """Wait until every queued byte has been written to the PTY."""
+        await self._drained.wait()
 
     @property
     def write_pending(self) -> int:

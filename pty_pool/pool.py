@@ -114,6 +114,8 @@ class Pool:
         self._closing = False
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()  # set whenever a busy session is released
+        self._warmed = asyncio.Event()  # set whenever a session becomes warm (or fails to)
+        self._waiters: dict[SpawnSpec, int] = {}  # turns waiting for a starting session
         self._backoff = 0.0
         self.spawned = 0
         self.deaths = 0
@@ -191,15 +193,30 @@ class Pool:
         self._recent.move_to_end(spec)
         while len(self._recent) > 8:
             self._recent.popitem(last=False)
-        warm = self._warm.get(spec)
-        while warm:
-            session = warm.pop(0)
-            if session.alive and session.state == "ready":
-                self._busy.add(session)
-                self._wake.set()
-                return session
-            self._spawn_task(session.close(), "close dead")
         self._wake.set()
+        deadline = time.monotonic() + self.settings.ready_timeout
+        while True:
+            warm = self._warm.get(spec)
+            while warm:
+                session = warm.pop(0)
+                if session.alive and session.state == "ready":
+                    self._busy.add(session)
+                    self._wake.set()
+                    return session
+                self._spawn_task(session.close(), "close dead")
+            # A session for this spec is already starting and nobody else waits for it: waiting
+            # is cheaper than a second cold spawn competing for the same CPU.
+            if self._starting.get(spec, 0) <= self._waiters.get(spec, 0):
+                break
+            if time.monotonic() > deadline:
+                break
+            self._waiters[spec] = self._waiters.get(spec, 0) + 1
+            try:
+                self._warmed.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._warmed.wait(), 1.0)
+            finally:
+                self._waiters[spec] -= 1
         if self._closing:
             raise errors.ServiceUnavailableError("claude-relay is shutting down")
         assert self._binary is not None
@@ -246,28 +263,32 @@ class Pool:
 
     async def _warm_one(self, spec: SpawnSpec) -> None:
         assert self._binary is not None
-        if self._backoff:
-            await asyncio.sleep(self._backoff)
-        session = Session(spec, self.settings, self._binary)
-        self.spawned += 1
+        session: Session | None = None
         try:
+            if self._backoff:
+                await asyncio.sleep(self._backoff)
+            session = Session(spec, self.settings, self._binary)
+            self.spawned += 1
             await session.start()
+            self._backoff = 0.0
+            self._claude_error = None
+            if self._closing:
+                await session.close()
+                return
+            self._warm.setdefault(spec, []).append(session)
+            self._warm.move_to_end(spec)
+            session = None
         except errors.RelayError as exc:
             self._claude_error = exc.message
             self._backoff = min(_SPAWN_BACKOFF_MAX, max(1.0, self._backoff * 2))
             log.error("warming a claude session failed: %s", exc.message)
-            await session.close()
-            return
         finally:
+            # only now, with the session in `_warm`, may waiters look again
             self._starting[spec] -= 1
             self._wake.set()
-        self._backoff = 0.0
-        self._claude_error = None
-        if self._closing:
-            await session.close()
-            return
-        self._warm.setdefault(spec, []).append(session)
-        self._warm.move_to_end(spec)
+            self._warmed.set()
+            if session is not None:
+                await session.close()
 
     # --- inspection ----------------------------------------------------------------------------
     def stats(self) -> dict[str, int]:

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 State = Literal["starting", "ready", "busy", "dead"]
 POLL_INTERVAL = 0.1  # the screen is read at least this often while waiting
 MIN_POLL_GAP = 0.02  # and at most this often, however fast bytes arrive
+TRANSCRIPT_POLL = 0.01  # transcript poll interval once the screen shows the turn ended
 TRANSCRIPT_GRACE = 3.0  # idle screen but no turn_duration yet: give the file this long
 # claude draws its prompt a moment before its input handler listens (seen right after the trust
 # dialog on v2.1.197: a paste sent then vanished); ready means ready *and* quiet this long.
@@ -95,11 +96,11 @@ class Session:
     def alive(self) -> bool:
         return not self._eof and self._driver.poll()
 
-    async def _next_snapshot(self, last_seq: int) -> Snapshot:
-        """Wait for new PTY output (or POLL_INTERVAL), then read the screen."""
+    async def _next_snapshot(self, last_seq: int, wait: float = POLL_INTERVAL) -> Snapshot:
+        """Wait for new PTY output (or `wait` seconds), then read the screen."""
         if self._screen.seq == last_seq and not self._eof:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), POLL_INTERVAL)
+                await asyncio.wait_for(self._changed.wait(), wait)
             # coalesce bursts: Ink writes one frame in several chunks
             await asyncio.sleep(MIN_POLL_GAP)
         self._changed.clear()
@@ -202,20 +203,23 @@ class Session:
             await asyncio.to_thread(self._tail.read)  # catch up: only this turn's lines count
         self._screen.mark()
         keys = tui.paste_keys(tui.sanitize_prompt(prompt))
-        self._driver.write(keys)
         t0 = time.monotonic()
+        await self._submit(keys)
         resubmitted = 0
         timings: dict[str, float] = {}
         turn_log = TurnLog()
-        asm = tui.StreamAssembler(settings.columns - 2)
+        asm = tui.StreamAssembler(tui.text_width(settings.columns))
         started = False
         progress = ""
         progress_t = t0
         idle_since: float | None = None
         seq = -1
         last_read = 0.0
+        looks_done = False
         while True:
-            snap = await self._next_snapshot(seq)
+            # once the screen says the turn is over, only the transcript is awaited: poll it
+            # often (claude writes it ~130 ms after the reply ends) instead of waiting for output
+            snap = await self._next_snapshot(seq, TRANSCRIPT_POLL if looks_done else POLL_INTERVAL)
             seq = snap.seq
             now = time.monotonic()
             if self._eof or not self._driver.poll():
@@ -238,7 +242,9 @@ class Session:
             if resp.progress != progress:
                 progress, progress_t = resp.progress, now
             # the transcript settles the turn; read it when claude looks done, else now and then
-            looks_done = started and not st.busy and (resp.completed or resp.error_text)
+            looks_done = bool(started and not st.busy and (resp.completed or resp.error_text))
+            if looks_done:
+                timings.setdefault("screen_done", now - t0)
             if looks_done or now - last_read > 0.25 or resp.interrupted:
                 last_read = now
                 if self._tail.path is None:
@@ -258,7 +264,7 @@ class Session:
             if not started and not st.busy and now - t0 > RESUBMIT_AFTER * (resubmitted + 1):
                 if st.ready and resubmitted < 2:
                     log.warning("prompt was not accepted; pasting again", extra=self._log_extra())
-                    self._driver.write(keys)
+                    await self._submit(keys)
                     resubmitted += 1
                     continue
                 if st.input_box and st.input_text and resubmitted < 2:
@@ -287,7 +293,9 @@ class Session:
         result = turn_log.result()
         if not turn_log.entries:
             # no transcript: fall back to what the screen showed (should not happen)
-            text = tui.rows_text(tui.response(self._screen.snapshot()).rows, settings.columns - 2)
+            text = tui.rows_text(
+                tui.response(self._screen.snapshot()).rows, tui.text_width(settings.columns)
+            )
             blocks = (TextBlock(text),) if text else ()
             result = TurnResult(blocks, "end_turn", result.usage)
         rest = asm.finish(result.text)
@@ -302,6 +310,12 @@ class Session:
             upstream_message_id=result.upstream_message_id,
             timings=timings,
         )
+
+    async def _submit(self, keys: bytes) -> None:
+        self._driver.write(keys)
+        await self._driver.drain()
+        await asyncio.sleep(tui.ENTER_DELAY)
+        self._driver.write(tui.ENTER)
 
     async def interrupt(self) -> None:
         """Stop the running turn with Esc and get back to an empty prompt, or mark dead."""

@@ -53,10 +53,15 @@ def sanitize_prompt(text: str) -> str:
 
 
 def paste_keys(text: str) -> bytes:
-    """Bracketed paste of already-sanitised text, then Enter, as one write."""
+    """Bracketed paste of already-sanitised text. Enter goes in a separate, later write:
+    v2.1.197 sometimes swallows an Enter that arrives in the same read as the paste end
+    (then nothing is submitted), while an Enter written 30 ms after the paste always submits."""
     if "\x1b" in text:
         raise ValueError("unsanitised prompt")
-    return PASTE_START + text.encode("utf-8") + PASTE_END + ENTER
+    return PASTE_START + text.encode("utf-8") + PASTE_END
+
+
+ENTER_DELAY = 0.03  # seconds between the drained paste and its Enter
 
 
 # --- screen classification -----------------------------------------------------------------------
@@ -240,6 +245,12 @@ def response(snap: Snapshot) -> Response:
 
 
 # --- rows → text -------------------------------------------------------------------------------
+def text_width(columns: int) -> int:
+    """Columns claude's reply text wraps at: 2 for the `● `/indent gutter, and Ink keeps the last
+    column free (a 111-column row plus a 6-letter word wrapped at 120 columns, v2.1.197)."""
+    return columns - 3
+
+
 def _first_word(text: str) -> str:
     return text.split(" ", 1)[0]
 

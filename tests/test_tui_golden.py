@@ -36,7 +36,7 @@ def replay(name: str) -> Replay:
     lines = (GOLDEN / f"{name}.jsonl").read_text().splitlines()
     header = json.loads(lines[0])
     screen = ScreenReader(header["columns"], header["rows"])
-    asm = tui.StreamAssembler(header["columns"] - 2)
+    asm = tui.StreamAssembler(tui.text_width(header["columns"]))
     snaps: list[Snapshot] = []
     deltas: list[str] = []
     for i, line in enumerate(lines[1:]):

@@ -7,133 +7,22 @@ that need other settings start their own with `start_relay`.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import os
 import shutil
-import signal
-import socket
-import sys
-import tempfile
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from pathlib import Path
 
-import aiohttp
 import pytest
 import pytest_asyncio
 
-from tests.support.claude_env import child_env, claude_bin, make_home
+from tests.support.claude_env import claude_bin
 from tests.support.fake_upstream import FakeUpstream
+from tests.support.relay_proc import Relay, alive, children_of, start_relay
+
+__all__ = ["Relay", "alive", "children_of", "start_relay"]
 
 if shutil.which(claude_bin()) is None:  # pragma: no cover - ./dev.sh test always installs it
     pytest.skip(
         "the pinned claude CLI is not installed (run ./dev.sh test)", allow_module_level=True
     )
-
-RELAY_BIN = str(Path(sys.executable).with_name("claude-relay"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def children_of(pid: int) -> set[int]:
-    """Direct children of `pid`, read from /proc (the claude processes of a daemon)."""
-    out: set[int] = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            stat = (entry / "stat").read_text()
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-            if ppid == pid:
-                out.add(int(entry.name))
-    return out
-
-
-def alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-@dataclass
-class Relay:
-    url: str
-    proc: asyncio.subprocess.Process
-    home: Path
-    workspace: Path
-    log_path: Path
-    env: dict[str, str] = field(default_factory=dict)
-
-    async def health(self) -> dict[str, object]:
-        async with aiohttp.ClientSession() as s, s.get(self.url + "/v1/health") as r:
-            data: dict[str, object] = await r.json()
-            return data
-
-    async def wait_warm(self, n: int = 1, timeout: float = 30.0) -> None:
-        async with asyncio.timeout(timeout):
-            while True:
-                with contextlib.suppress(aiohttp.ClientError):
-                    pool = (await self.health())["pool"]
-                    assert isinstance(pool, dict)
-                    if pool["warm"] >= n:
-                        return
-                await asyncio.sleep(0.05)  # polling a process over HTTP: no event to wait on
-
-    async def stop(self, sig: int = signal.SIGTERM) -> int:
-        if self.proc.returncode is None:
-            self.proc.send_signal(sig)
-        async with asyncio.timeout(30):
-            return await self.proc.wait()
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-
-@contextlib.asynccontextmanager
-async def start_relay(upstream: FakeUpstream, *args: str, **env: str) -> AsyncIterator[Relay]:
-    tmp = Path(tempfile.mkdtemp(prefix="relay-e2e-"))
-    home = tmp / "home"
-    make_home(home)
-    port = free_port()
-    e = child_env(home, upstream.url)
-    e.update({f"CLAUDE_RELAY_{k.upper()}": v for k, v in env.items()})
-    e["CLAUDE_RELAY_CLAUDE_BIN"] = shutil.which(claude_bin()) or claude_bin()
-    log_path = tmp / "daemon.log"
-    with log_path.open("wb") as log:
-        proc = await asyncio.create_subprocess_exec(
-            RELAY_BIN,
-            "serve",
-            "--port",
-            str(port),
-            *args,
-            env=e,
-            stdout=log,
-            stderr=asyncio.subprocess.STDOUT,
-            stdin=asyncio.subprocess.DEVNULL,
-        )
-    workspace = home / ".local" / "state" / "claude-relay" / "workspace"
-    relay = Relay(f"http://127.0.0.1:{port}", proc, home, workspace, log_path, e)
-    try:
-        await relay.wait_warm(1)
-        yield relay
-    finally:
-        kids = children_of(proc.pid)
-        if proc.returncode is None:
-            await relay.stop()
-        # every claude the daemon started is gone once it has exited
-        async with asyncio.timeout(10):
-            while any(alive(p) for p in kids):
-                await asyncio.sleep(0.05)
-        if os.environ.get("CLAUDE_RELAY_E2E_LOGS"):
-            shutil.copy(log_path, Path(os.environ["CLAUDE_RELAY_E2E_LOGS"]) / f"daemon-{port}.log")
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")

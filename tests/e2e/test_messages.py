@@ -13,8 +13,8 @@ import anthropic
 import pytest
 import pytest_asyncio
 
-from tests.e2e.conftest import Relay, start_relay
 from tests.support.fake_upstream import FakeUpstream, Reply, Usage
+from tests.support.relay_proc import Relay, alive, children_of, start_relay
 
 # every e2e test runs in the session loop, where the shared fake upstream and daemon fixtures live
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -338,7 +338,6 @@ async def test_over_capacity_gets_529_with_retry_after(upstream: FakeUpstream) -
 
 
 async def test_daemon_stop_and_crash_leave_no_claude(upstream: FakeUpstream) -> None:
-    from tests.e2e.conftest import alive, children_of
 
     async with start_relay(upstream, "--warm", "2") as r:
         await r.wait_warm(2)

@@ -1,0 +1,354 @@
+"""PtyDriver against tiny real programs (tests/helpers/): output, EOF, exit status, large writes,
+termination of process groups, reaping, death with the parent, and no blocking call on the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import hashlib
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+from blockbuster import BlockingError, blockbuster_ctx
+
+from pty_pool.driver import PtyDriver
+from tests.helpers.proc import children, helper, reaped, running, state, until
+
+pytestmark = pytest.mark.timeout(20)
+
+ROOT = Path(__file__).resolve().parent.parent  # for `import pty_pool` in a helper
+
+
+class Child:
+    """A PtyDriver running a helper program, with what the driver delivered to its callbacks."""
+
+    def __init__(self, argv: list[str], cwd: Path) -> None:
+        self.out = bytearray()
+        self.eof = asyncio.Event()
+        self.eof_calls = 0
+        self._changed = asyncio.Event()
+        self.driver = PtyDriver(
+            argv,
+            env=dict(os.environ),
+            cwd=str(cwd),
+            rows=24,
+            cols=80,
+            on_output=self._on_output,
+            on_eof=self._on_eof,
+        )
+
+    def _on_output(self, data: bytes) -> None:
+        self.out += data
+        self._changed.set()
+
+    def _on_eof(self) -> None:
+        self.eof_calls += 1
+        self.eof.set()
+        self._changed.set()
+
+    @property
+    def pid(self) -> int:
+        pid = self.driver.pid
+        assert pid is not None
+        return pid
+
+    async def expect(self, needle: bytes, timeout: float = 5.0) -> None:
+        """Wait until `needle` has been delivered to on_output."""
+        async with asyncio.timeout(timeout):
+            while needle not in self.out:
+                assert not self.eof.is_set(), f"EOF before {needle!r}; got {bytes(self.out)!r}"
+                self._changed.clear()
+                await self._changed.wait()
+
+    async def exited(self, timeout: float = 5.0) -> int:
+        """Wait for EOF and for the child to be reaped; its exit status."""
+        await asyncio.wait_for(self.eof.wait(), timeout)
+        await until(lambda: not self.driver.poll(), timeout=timeout, what="the child to exit")
+        assert self.driver.exit_status is not None
+        return self.driver.exit_status
+
+
+Spawn = Callable[..., Child]
+
+
+@pytest.fixture
+async def spawn(tmp_path: Path) -> AsyncIterator[Spawn]:
+    """Start helper programs in PTYs; whatever a test leaves running is terminated afterwards."""
+    started: list[Child] = []
+
+    def start(name: str, *args: str) -> Child:
+        child = Child([sys.executable, helper(name), *args], tmp_path)
+        child.driver.start()
+        started.append(child)
+        return child
+
+    yield start
+    for child in started:
+        await child.driver.terminate(grace=0)
+
+
+# --- output, EOF, exit status -------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("how", "status"),
+    [("0", 0), ("3", 3), ("SIGUSR1", -signal.SIGUSR1), ("SIGKILL", -signal.SIGKILL)],
+)
+async def test_output_eof_and_exit_status(spawn: Spawn, how: str, status: int) -> None:
+    child = spawn("exit_with.py", how, "hello from the child")
+    assert child.driver.exit_status is None
+    assert await child.exited() == status
+    assert b"hello from the child" in child.out
+    assert child.eof_calls == 1
+    assert not child.driver.poll()
+    assert reaped(child.pid)
+    with pytest.raises(BrokenPipeError):
+        child.driver.write(b"too late")
+    # terminate after a natural exit changes nothing and reports the same status
+    assert await child.driver.terminate() == status
+
+
+async def test_unstarted_driver(tmp_path: Path) -> None:
+    child = Child([sys.executable, helper("sleeper.py")], tmp_path)
+    assert child.driver.pid is None
+    assert not child.driver.poll()
+    assert await child.driver.terminate() is None
+
+
+async def test_missing_binary_raises_on_start(tmp_path: Path) -> None:
+    child = Child([str(tmp_path / "no-such-program")], tmp_path)
+    with pytest.raises(FileNotFoundError):
+        child.driver.start()
+    assert child.driver.pid is None
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="exec failure after the fork: ptyprocess.spawn raises OSError but its PtyProcess "
+    "(held by the traceback) keeps the PTY fd open and the child unreaped until the cyclic GC "
+    "runs PtyProcess.__del__, which then sleeps >=100 ms on the loop thread",
+)
+async def test_exec_failure_leaves_no_zombie(tmp_path: Path) -> None:
+    bad = tmp_path / "not-a-program"
+    bad.write_bytes(b"\x00\x01 no shebang, no ELF header")
+    bad.chmod(0o755)
+    before = set(children())
+    child = Child([str(bad)], tmp_path)
+    with pytest.raises(OSError, match="Exec format error") as failed:
+        child.driver.start()
+    try:
+        assert failed.value.errno == errno.ENOEXEC
+        assert child.driver.pid is None
+        forked = set(children()) - before
+        assert forked, "spawn forked before exec failed"
+        await until(
+            lambda: all(not running(p) for p in forked), timeout=5.0, what="the fork to exit"
+        )
+        assert [p for p in forked if state(p) == "Z"] == []
+    finally:
+        _clean_up_failed_spawn(failed.value)
+
+
+# --- writing ------------------------------------------------------------------------------------
+MIB = 1 << 20
+PAYLOAD = bytes(range(256)) * (MIB // 256)  # every byte value, control bytes included
+
+
+async def test_large_write_drains_without_blocking(spawn: Spawn) -> None:
+    child = spawn("count_stdin.py", str(len(PAYLOAD)))
+    await child.expect(b"ready")  # the tty is raw from here on
+    child.driver.write(PAYLOAD)
+    # write() returned although the PTY cannot hold 1 MiB: the rest waits in the driver
+    assert child.driver.write_pending > 0
+    await asyncio.sleep(0)  # and the loop runs while it drains
+    digest = hashlib.sha256(PAYLOAD).hexdigest()
+    await child.expect(f"got {len(PAYLOAD)} {digest}".encode(), timeout=15.0)
+    assert child.driver.write_pending == 0
+    assert await child.exited() == 0
+
+
+async def test_writes_queue_in_order(spawn: Spawn) -> None:
+    """Writes made while a backlog drains are appended to it, never interleaved."""
+    child = spawn("count_stdin.py", str(len(PAYLOAD)))
+    await child.expect(b"ready")
+    quarter = len(PAYLOAD) // 4
+    for i in range(4):
+        child.driver.write(PAYLOAD[i * quarter : (i + 1) * quarter])
+    assert child.driver.write_pending > 0
+    digest = hashlib.sha256(PAYLOAD).hexdigest()
+    await child.expect(f"got {len(PAYLOAD)} {digest}".encode(), timeout=15.0)
+    assert child.driver.write_pending == 0
+
+
+async def test_drain_waits_for_the_backlog(spawn: Spawn) -> None:
+    child = spawn("count_stdin.py", str(len(PAYLOAD)))
+    await child.expect(b"ready")
+    await asyncio.wait_for(child.driver.drain(), 1.0)  # nothing queued: returns at once
+    child.driver.write(PAYLOAD)
+    assert child.driver.write_pending > 0
+    await asyncio.wait_for(child.driver.drain(), 15.0)
+    assert child.driver.write_pending == 0
+
+
+@pytest.mark.xfail(
+    raises=TimeoutError,
+    strict=True,
+    reason="drain() never returns once the child is gone with bytes still queued: _set_eof() and "
+    "_close_fd() remove the writer but never set _drained (Session._submit awaits it unbounded)",
+)
+async def test_drain_ends_when_the_child_dies(spawn: Spawn) -> None:
+    child = spawn("raw_idle.py")  # reads nothing: the PTY fills up
+    await child.expect(b"ready")
+    child.driver.write(PAYLOAD)
+    assert child.driver.write_pending > 0
+    os.kill(child.pid, signal.SIGKILL)  # claude crashes in the middle of a paste
+    await asyncio.wait_for(child.eof.wait(), 5.0)
+    await asyncio.wait_for(child.driver.drain(), 2.0)
+
+
+# --- terminate ----------------------------------------------------------------------------------
+async def test_terminate_sends_sigterm_and_reaps(spawn: Spawn) -> None:
+    child = spawn("sleeper.py")
+    await child.expect(b"ready")
+    assert child.driver.poll()
+    assert await child.driver.terminate(grace=5.0) == -signal.SIGTERM
+    assert child.driver.exit_status == -signal.SIGTERM
+    assert reaped(child.pid)
+    assert state(child.pid) is None  # no zombie left behind
+
+
+async def test_terminate_polite_input_first(spawn: Spawn) -> None:
+    child = spawn("sleeper.py", "SIGTERM")
+    await child.expect(b"ready")
+    assert await child.driver.terminate(polite=b"quit\r", grace=10.0) == 7
+    assert reaped(child.pid)
+
+
+async def test_sigterm_ignored_gets_sigkill_after_grace(spawn: Spawn) -> None:
+    child = spawn("sleeper.py", "SIGTERM", "SIGHUP")
+    await child.expect(b"ready")  # the handler is in place
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    assert await child.driver.terminate(grace=0.3) == -signal.SIGKILL
+    assert loop.time() - t0 >= 0.25  # it did wait for SIGTERM to work first
+    assert reaped(child.pid)
+    assert state(child.pid) is None
+
+
+async def test_terminate_kills_the_process_group(spawn: Spawn) -> None:
+    """A grandchild ignoring SIGTERM and SIGHUP still dies: the group gets SIGKILL at the end."""
+    child = spawn("spawn_grandchild.py")
+    await child.expect(b"\n")
+    grandchild = int(bytes(child.out).split()[1])
+    assert running(grandchild)
+    assert os.getpgid(grandchild) == child.pid
+    assert await child.driver.terminate(grace=1.0) == -signal.SIGTERM
+    assert reaped(child.pid)
+    # not our child to reap: dead (gone, or a zombie of whoever inherited it) is what counts
+    await until(lambda: not running(grandchild), timeout=5.0, what="the grandchild to die")
+
+
+async def test_terminate_is_idempotent(spawn: Spawn) -> None:
+    child = spawn("sleeper.py")
+    await child.expect(b"ready")
+    first, second = await asyncio.gather(child.driver.terminate(), child.driver.terminate())
+    assert first == second == -signal.SIGTERM
+    assert await child.driver.terminate() == -signal.SIGTERM
+    assert await child.driver.terminate(polite=b"quit\r") == -signal.SIGTERM
+    assert not child.driver.poll()
+    assert reaped(child.pid)
+    with pytest.raises(BrokenPipeError):
+        child.driver.write(b"x")
+    child.driver.resize(30, 100)  # a no-op once the child is gone
+
+
+# --- dying with the parent ----------------------------------------------------------------------
+async def test_child_dies_with_its_parent(tmp_path: Path) -> None:
+    """SIGKILL a process that spawned a sleeper through PtyDriver: PR_SET_PDEATHSIG kills the
+    sleeper. The sleeper ignores SIGHUP, so the hangup of the closing PTY master cannot be it."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    parent = await asyncio.create_subprocess_exec(
+        sys.executable,
+        helper("driver_parent.py"),
+        cwd=tmp_path,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert parent.stdout is not None
+    try:
+        line = await asyncio.wait_for(parent.stdout.readline(), 10.0)
+        sleeper = int(line)
+        assert running(sleeper)
+    finally:
+        parent.kill()
+        await parent.wait()
+    try:
+        await until(lambda: not running(sleeper), timeout=5.0, what="the orphan to die")
+    finally:
+        if running(sleeper):  # do not leave it behind if the assertion failed
+            os.kill(sleeper, signal.SIGKILL)
+
+
+# --- never block the loop -----------------------------------------------------------------------
+async def test_io_and_terminate_do_not_block_the_loop(spawn: Spawn) -> None:
+    child = spawn("count_stdin.py", str(len(PAYLOAD)))
+    await child.expect(b"ready")
+    digest = hashlib.sha256(PAYLOAD).hexdigest().encode()
+    with blockbuster_ctx():
+        child.driver.write(PAYLOAD)
+        await child.expect(digest, timeout=15.0)
+        assert child.driver.write_pending == 0
+        await asyncio.wait_for(child.eof.wait(), 5.0)
+        assert await child.driver.terminate() == 0
+    assert reaped(child.pid)
+
+
+async def test_terminate_of_a_stubborn_child_does_not_block_the_loop(spawn: Spawn) -> None:
+    child = spawn("sleeper.py", "SIGTERM", "SIGHUP")
+    await child.expect(b"ready")
+    with blockbuster_ctx():
+        assert await child.driver.terminate(polite=b"ignored\r", grace=0.2) == -signal.SIGKILL
+
+
+@pytest.mark.xfail(
+    raises=AssertionError,
+    strict=True,
+    reason="PtyDriver.start() calls ptyprocess.spawn on the loop thread: shutil.which (os.stat, "
+    "os.access over PATH) and a blocking os.read of the exec-error pipe until the child has "
+    "exec'd",
+)
+async def test_start_does_not_block_the_loop(tmp_path: Path) -> None:
+    blocked: list[str] = []
+    with blockbuster_ctx() as bb:
+        for _ in range(10):
+            child = Child([sys.executable, helper("sleeper.py")], tmp_path)
+            try:
+                child.driver.start()
+                break
+            except BlockingError as exc:
+                _clean_up_failed_spawn(exc)
+                # note the call, allow it, and look for the next one
+                name = str(exc).removeprefix("Blocking call to ")
+                blocked.append(name)
+                bb.functions[name].deactivate()
+    await child.driver.terminate(grace=0)
+    assert blocked == []
+
+
+def _clean_up_failed_spawn(exc: BaseException) -> None:
+    """If ptyprocess.spawn raised after forking, kill and reap its child and close the PTY, so
+    nothing outlives the test and PtyProcess.__del__ (which sleeps) has nothing left to do."""
+    tb = exc.__traceback__
+    while tb is not None:
+        proc = tb.tb_frame.f_locals.get("inst")
+        if proc is not None and hasattr(proc, "fileobj"):
+            os.kill(proc.pid, signal.SIGKILL)
+            os.waitpid(proc.pid, 0)
+            proc.terminated = True
+            proc.fileobj.close()
+            proc.closed = True
+            return
+        tb = tb.tb_next

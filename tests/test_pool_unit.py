@@ -1,0 +1,217 @@
+"""Pool against a fake claude (tests/helpers/fake_claude.py) that reaches the idle prompt and never
+answers: a missing binary, warming, stats, admission control, and shutdown without leftovers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from protocols import errors
+from protocols.model import Message, TextBlock, TurnRequest
+from pty_pool.pool import Pool
+from pty_pool.settings import PoolSettings
+from tests.helpers.proc import (
+    helper,
+    kill_and_reap,
+    ppid,
+    reaped,
+    until,
+    with_cmdline,
+    zombie_children,
+)
+
+pytestmark = pytest.mark.timeout(20)
+
+REQUEST = TurnRequest(
+    messages=(Message("user", (TextBlock("hello"),)),), model="default", max_tokens=16
+)
+
+
+class FakeClaude:
+    """Pools whose claude is the fake, each process tagged with a marker unique to the test."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.launcher = tmp_path / "claude"
+        self.launcher.write_text(
+            f'#!/bin/sh\nexec "{sys.executable}" "{helper("fake_claude.py")}" "$@"\n'
+        )
+        self.launcher.chmod(0o755)
+        self.marker = f"relay-test-{uuid.uuid4().hex}"
+        self.base = PoolSettings(
+            claude_bin=str(self.launcher),
+            workspace=tmp_path / "workspace",
+            warm=1,
+            extra_args=("--test-marker", self.marker),
+        )
+        self.pools: list[Pool] = []
+
+    def pool(self, **overrides: Any) -> Pool:
+        pool = Pool(dataclasses.replace(self.base, **overrides))
+        self.pools.append(pool)
+        return pool
+
+    def processes(self) -> list[int]:
+        """Live fake claudes started by this test."""
+        return with_cmdline(self.marker)
+
+
+@pytest.fixture
+async def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeClaude]:
+    monkeypatch.setenv("CLAUDE_CONFIG_DIR", str(tmp_path / "claude-config"))
+    fake = FakeClaude(tmp_path)
+    yield fake
+    for pool in fake.pools:
+        await pool.close(grace=0)
+    for pid in fake.processes():  # only after a failure: nothing must outlive the test
+        kill_and_reap(pid)
+
+
+async def assert_all_gone(fake: FakeClaude, pids: list[int]) -> None:
+    assert fake.processes() == []
+    for pid in pids:
+        assert reaped(pid)
+    assert zombie_children() == []
+
+
+async def run_turn(pool: Pool) -> None:
+    """Run one turn to its end; on the fake claude it never gets an answer."""
+    async with pool.open_turn(REQUEST) as turn:
+        async for _ in turn:
+            pass
+
+
+# --- claude missing or broken -------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["claude-relay-no-such-claude", "/nonexistent/bin/claude"])
+async def test_missing_binary_is_reported_not_raised(fake: FakeClaude, name: str) -> None:
+    pool = fake.pool(claude_bin=name)
+    await pool.start()
+    assert pool.claude_error is not None
+    assert name in pool.claude_error and "not found" in pool.claude_error
+    with pytest.raises(errors.ServiceUnavailableError, match="not found") as refused:
+        await pool.open_turn(REQUEST).__aenter__()
+    assert refused.value.status == 503
+    stats = pool.stats()
+    assert stats["spawned"] == 0 and stats["sessions"] == 0 and stats["queued"] == 0
+    await pool.close(grace=0)
+
+
+async def test_claude_exiting_at_startup_is_reported(fake: FakeClaude) -> None:
+    # ready_timeout bounds how long a turn waits for the (failing) warmer before its own spawn
+    pool = fake.pool(extra_env=(("FAKE_CLAUDE_EXIT", "1"),), ready_timeout=2.0)
+    await pool.start()
+    await until(lambda: pool.claude_error is not None, timeout=10.0, what="claude_error")
+    assert "exited during startup" in (pool.claude_error or "")
+    assert "failing on purpose" in (pool.claude_error or "")  # the screen is quoted
+    assert pool.stats()["warm"] == 0
+    with pytest.raises(errors.ServiceUnavailableError, match="exited during startup"):
+        await run_turn(pool)
+    assert pool.stats()["busy"] == pool.stats()["queued"] == 0
+    await pool.close(grace=0)
+    await assert_all_gone(fake, [])
+
+
+# --- warming and stats --------------------------------------------------------------------------
+async def test_warm_sessions_and_stats(fake: FakeClaude) -> None:
+    pool = fake.pool(warm=2, max_busy=3, max_queue=5)
+    await pool.start()
+    await until(lambda: pool.stats()["warm"] == 2, timeout=10.0, what="two warm sessions")
+    assert pool.stats() == {
+        "warm": 2,
+        "busy": 0,
+        "starting": 0,
+        "queued": 0,
+        "sessions": 2,
+        "max_busy": 3,
+        "max_queue": 5,
+        "spawned": 2,
+    }
+    assert pool.claude_error is None
+    pids = fake.processes()
+    assert len(pids) == 2
+    assert all(ppid(pid) == os.getpid() for pid in pids)
+    assert (fake.base.workspace).is_dir()
+
+    await pool.close(grace=0)
+    await assert_all_gone(fake, pids)
+    with pytest.raises(errors.ServiceUnavailableError, match="shutting down"):
+        await pool.open_turn(REQUEST).__aenter__()
+
+
+# --- admission control --------------------------------------------------------------------------
+async def test_overloaded_when_busy_and_no_queue(fake: FakeClaude) -> None:
+    pool = fake.pool(
+        warm=1, max_busy=1, max_queue=0, retry_after=7.0, turn_timeout=2.0, stall_timeout=1.0
+    )
+    await pool.start()
+    await until(lambda: pool.stats()["warm"] == 1, timeout=10.0, what="a warm session")
+    first = asyncio.create_task(run_turn(pool))
+    try:
+        await until(lambda: pool.stats()["busy"] == 1, timeout=5.0, what="the turn to start")
+        with pytest.raises(errors.OverloadedError) as overloaded:
+            await pool.open_turn(REQUEST).__aenter__()
+        assert overloaded.value.retry_after == 7.0
+        assert overloaded.value.status == 529
+        assert pool.stats()["queued"] == 0  # a refused turn leaves no trace
+
+        # the fake never answers: turn_timeout ends the first turn and frees its slot
+        with pytest.raises(errors.TimeoutError_):
+            await first
+        assert pool.stats()["busy"] == 0
+        async with pool.open_turn(REQUEST):
+            assert pool.stats()["queued"] == 1
+        assert pool.stats()["queued"] == 0
+    finally:
+        first.cancel()
+        await asyncio.gather(first, return_exceptions=True)
+        pids = fake.processes()
+        await pool.close(grace=0)
+    await assert_all_gone(fake, pids)
+
+
+async def test_queue_is_bounded_and_times_out(fake: FakeClaude) -> None:
+    pool = fake.pool(warm=1, max_busy=1, max_queue=1, queue_timeout=0.3, retry_after=3.0)
+    await pool.start()
+    await until(lambda: pool.stats()["warm"] == 1, timeout=10.0, what="a warm session")
+    first = asyncio.create_task(run_turn(pool))
+    try:
+        await until(lambda: pool.stats()["busy"] == 1, timeout=5.0, what="the turn to start")
+        async with pool.open_turn(REQUEST) as queued:
+            assert pool.stats()["queued"] == 1
+            with pytest.raises(errors.OverloadedError):  # the queue is full
+                await pool.open_turn(REQUEST).__aenter__()
+            with pytest.raises(errors.OverloadedError, match="waited") as waited:
+                async for _ in queued:
+                    pass
+            assert waited.value.retry_after == 3.0
+        assert pool.stats()["queued"] == 0
+
+        # shutting down with a turn still running: its session is killed, the turn fails
+        pids = fake.processes()
+        await pool.close(grace=0)
+        with pytest.raises(errors.ApiError, match="exited during the turn"):
+            await first
+    finally:
+        first.cancel()
+        await asyncio.gather(first, return_exceptions=True)
+    await assert_all_gone(fake, pids)
+
+
+# --- shutdown -----------------------------------------------------------------------------------
+async def test_close_while_a_session_is_starting(fake: FakeClaude) -> None:
+    """close() gives up on a session that is not ready yet, and still kills its claude."""
+    pool = fake.pool(extra_env=(("FAKE_CLAUDE_READY_DELAY", "60"),))
+    await pool.start()
+    await until(lambda: len(fake.processes()) == 1, timeout=5.0, what="claude to be spawned")
+    pids = fake.processes()
+    assert pool.stats()["starting"] == 1
+    await pool.close(grace=0)
+    await assert_all_gone(fake, pids)
