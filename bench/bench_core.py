@@ -100,8 +100,16 @@ async def claude_p(up: FakeUpstream, home: Path, n: int) -> list[float]:
         up.push(Reply(text="Short reply."))
         t0 = time.perf_counter()
         proc = await asyncio.create_subprocess_exec(
-            binary, "-p", f"q{i}", "--tools", "", "--strict-mcp-config",
-            env=env, cwd=work, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            binary,
+            "-p",
+            f"q{i}",
+            "--tools",
+            "",
+            "--strict-mcp-config",
+            env=env,
+            cwd=work,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
             stdin=asyncio.subprocess.DEVNULL,
         )
         out, err = await proc.communicate()
@@ -183,9 +191,11 @@ async def main() -> None:
     n = args.n
     results: dict[str, Any] = {
         "machine": f"{platform.machine()} {os.cpu_count()} cores",
-        "claude_cli": subprocess.run(
+        "claude_cli": subprocess.run(  # noqa: ASYNC221 - once, before anything is measured
             [shutil.which(claude_bin()) or claude_bin(), "--version"],
-            capture_output=True, text=True, check=False,
+            capture_output=True,
+            text=True,
+            check=False,
         ).stdout.strip(),
     }
     async with FakeUpstream() as up, start_relay(up) as relay:
@@ -216,8 +226,10 @@ async def main() -> None:
             mem = [rss_kib(p) for p in children_of(relay.proc.pid)]
             rss = statistics.mean(m[0] for m in mem) / 1024
             pss = statistics.mean(m[1] for m in mem) / 1024
-            print(f"memory per warm session       RSS {rss:6.0f} MiB   PSS {pss:6.0f} MiB"
-                  f"   ({len(mem)} sessions)")
+            print(
+                f"memory per warm session       RSS {rss:6.0f} MiB   PSS {pss:6.0f} MiB"
+                f"   ({len(mem)} sessions)"
+            )
             results["rss_mib"] = rss
             results["pss_mib"] = pss
             await _wait_quiet(relay)

@@ -12,11 +12,13 @@ import asyncio
 import contextlib
 import ctypes
 import errno
+import gc
 import logging
 import os
 import signal
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 from ptyprocess import PtyProcess
 
@@ -26,6 +28,11 @@ log = logging.getLogger(__name__)
 # for whatever is left.
 READ_CHUNK = 64 * 1024
 _PR_SET_PDEATHSIG = 1
+
+# Forks happen on one long-lived thread: PR_SET_PDEATHSIG fires when the *forking thread* exits,
+# so that thread must live as long as the daemon, and spawning (which stats the binary and reads
+# the exec-error pipe) must not run on the event loop. Executor workers never exit on their own.
+_SPAWNER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pty-spawn")
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the forked child
@@ -77,26 +84,36 @@ class PtyDriver:
     def pid(self) -> int | None:
         return None if self._proc is None else int(self._proc.pid)
 
-    def start(self) -> None:
-        """Fork and exec the child. Raises FileNotFoundError/PermissionError for a bad binary.
-
-        Runs on the loop thread on purpose: PR_SET_PDEATHSIG is tied to the forking *thread*, so
-        forking from an executor thread would kill the child when that thread exits. The fork and
-        the exec-error pipe read take a few milliseconds.
-        """
+    async def start(self) -> None:
+        """Fork and exec the child on the spawner thread. Raises OSError for a bad binary."""
         self._loop = asyncio.get_running_loop()
-        self._proc = PtyProcess.spawn(
-            self._argv,
-            cwd=self._cwd,
-            env=self._env,
-            echo=False,
-            preexec_fn=_die_with_parent,
-            dimensions=(self._rows, self._cols),
-        )
-        self._fd = int(self._proc.fd)
+        proc = await self._loop.run_in_executor(_SPAWNER, self._spawn)
+        self._proc = proc
+        self._fd = int(proc.fd)
         os.set_blocking(self._fd, False)
         self._loop.add_reader(self._fd, self._readable)
-        log.debug("spawned", extra={"pid": self._proc.pid})
+        log.debug("spawned", extra={"pid": proc.pid})
+
+    def _spawn(self) -> PtyProcess:
+        try:
+            return PtyProcess.spawn(
+                self._argv,
+                cwd=self._cwd,
+                env=self._env,
+                echo=False,
+                preexec_fn=_die_with_parent,
+                dimensions=(self._rows, self._cols),
+            )
+        except OSError as exc:
+            exc.__traceback__ = None  # drop the frames that hold the half-made PtyProcess
+            failure = exc
+            if exc.errno and not exc.strerror:  # ptyprocess re-raises exec errors bare
+                failure = OSError(exc.errno, f"{os.strerror(exc.errno)}: {self._argv[0]}")
+        # When exec fails after the fork, ptyprocess's half-made PtyProcess (kept alive by the
+        # traceback) holds a zombie and the PTY fd; collecting it here runs its __del__, which
+        # reaps the child and sleeps briefly — on this thread, not on the event loop.
+        gc.collect()
+        raise failure
 
     # --- reading -----------------------------------------------------------------------------
     def _readable(self) -> None:
@@ -121,6 +138,8 @@ class PtyDriver:
         if self._loop is not None and self._fd >= 0:
             self._loop.remove_reader(self._fd)
             self._loop.remove_writer(self._fd)
+        self._out.clear()
+        self._drained.set()  # nothing will ever be written now; don't keep drain() waiting
         self._on_eof()
 
     # --- writing -----------------------------------------------------------------------------
@@ -231,3 +250,5 @@ class PtyDriver:
             # Mark closed ourselves: PtyProcess.close()/__del__ would sleep on the loop thread.
             self._proc.closed = True
         self._fd = -1
+        self._out.clear()
+        self._drained.set()

@@ -208,6 +208,8 @@ class Pool:
             # is cheaper than a second cold spawn competing for the same CPU.
             if self._starting.get(spec, 0) <= self._waiters.get(spec, 0):
                 break
+            if self._claude_error is not None:
+                break  # warm-ups are failing (and backing off): fail fast on our own spawn
             if time.monotonic() > deadline:
                 break
             self._waiters[spec] = self._waiters.get(spec, 0) + 1

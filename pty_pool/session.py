@@ -113,8 +113,8 @@ class Session:
     async def start(self) -> None:
         """Spawn claude and wait until its prompt is ready. Raises RelayError with the screen."""
         try:
-            self._driver.start()
-        except (FileNotFoundError, PermissionError, OSError) as exc:
+            await self._driver.start()
+        except OSError as exc:
             self.state = "dead"
             raise errors.ServiceUnavailableError(
                 f"cannot start claude ({self._binary}): {exc}"

@@ -10,7 +10,7 @@ import hashlib
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -73,7 +73,7 @@ class Child:
         return self.driver.exit_status
 
 
-Spawn = Callable[..., Child]
+Spawn = Callable[..., Awaitable[Child]]
 
 
 @pytest.fixture
@@ -81,9 +81,9 @@ async def spawn(tmp_path: Path) -> AsyncIterator[Spawn]:
     """Start helper programs in PTYs; whatever a test leaves running is terminated afterwards."""
     started: list[Child] = []
 
-    def start(name: str, *args: str) -> Child:
+    async def start(name: str, *args: str) -> Child:
         child = Child([sys.executable, helper(name), *args], tmp_path)
-        child.driver.start()
+        await child.driver.start()
         started.append(child)
         return child
 
@@ -98,7 +98,7 @@ async def spawn(tmp_path: Path) -> AsyncIterator[Spawn]:
     [("0", 0), ("3", 3), ("SIGUSR1", -signal.SIGUSR1), ("SIGKILL", -signal.SIGKILL)],
 )
 async def test_output_eof_and_exit_status(spawn: Spawn, how: str, status: int) -> None:
-    child = spawn("exit_with.py", how, "hello from the child")
+    child = await spawn("exit_with.py", how, "hello from the child")
     assert child.driver.exit_status is None
     assert await child.exited() == status
     assert b"hello from the child" in child.out
@@ -121,16 +121,10 @@ async def test_unstarted_driver(tmp_path: Path) -> None:
 async def test_missing_binary_raises_on_start(tmp_path: Path) -> None:
     child = Child([str(tmp_path / "no-such-program")], tmp_path)
     with pytest.raises(FileNotFoundError):
-        child.driver.start()
+        await child.driver.start()
     assert child.driver.pid is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="exec failure after the fork: ptyprocess.spawn raises OSError but its PtyProcess "
-    "(held by the traceback) keeps the PTY fd open and the child unreaped until the cyclic GC "
-    "runs PtyProcess.__del__, which then sleeps >=100 ms on the loop thread",
-)
 async def test_exec_failure_leaves_no_zombie(tmp_path: Path) -> None:
     bad = tmp_path / "not-a-program"
     bad.write_bytes(b"\x00\x01 no shebang, no ELF header")
@@ -138,12 +132,12 @@ async def test_exec_failure_leaves_no_zombie(tmp_path: Path) -> None:
     before = set(children())
     child = Child([str(bad)], tmp_path)
     with pytest.raises(OSError, match="Exec format error") as failed:
-        child.driver.start()
+        await child.driver.start()
     try:
         assert failed.value.errno == errno.ENOEXEC
         assert child.driver.pid is None
+        # the failed fork is reaped on the spawner thread before start() raises
         forked = set(children()) - before
-        assert forked, "spawn forked before exec failed"
         await until(
             lambda: all(not running(p) for p in forked), timeout=5.0, what="the fork to exit"
         )
@@ -158,7 +152,7 @@ PAYLOAD = bytes(range(256)) * (MIB // 256)  # every byte value, control bytes in
 
 
 async def test_large_write_drains_without_blocking(spawn: Spawn) -> None:
-    child = spawn("count_stdin.py", str(len(PAYLOAD)))
+    child = await spawn("count_stdin.py", str(len(PAYLOAD)))
     await child.expect(b"ready")  # the tty is raw from here on
     child.driver.write(PAYLOAD)
     # write() returned although the PTY cannot hold 1 MiB: the rest waits in the driver
@@ -172,7 +166,7 @@ async def test_large_write_drains_without_blocking(spawn: Spawn) -> None:
 
 async def test_writes_queue_in_order(spawn: Spawn) -> None:
     """Writes made while a backlog drains are appended to it, never interleaved."""
-    child = spawn("count_stdin.py", str(len(PAYLOAD)))
+    child = await spawn("count_stdin.py", str(len(PAYLOAD)))
     await child.expect(b"ready")
     quarter = len(PAYLOAD) // 4
     for i in range(4):
@@ -184,7 +178,7 @@ async def test_writes_queue_in_order(spawn: Spawn) -> None:
 
 
 async def test_drain_waits_for_the_backlog(spawn: Spawn) -> None:
-    child = spawn("count_stdin.py", str(len(PAYLOAD)))
+    child = await spawn("count_stdin.py", str(len(PAYLOAD)))
     await child.expect(b"ready")
     await asyncio.wait_for(child.driver.drain(), 1.0)  # nothing queued: returns at once
     child.driver.write(PAYLOAD)
@@ -193,14 +187,8 @@ async def test_drain_waits_for_the_backlog(spawn: Spawn) -> None:
     assert child.driver.write_pending == 0
 
 
-@pytest.mark.xfail(
-    raises=TimeoutError,
-    strict=True,
-    reason="drain() never returns once the child is gone with bytes still queued: _set_eof() and "
-    "_close_fd() remove the writer but never set _drained (Session._submit awaits it unbounded)",
-)
 async def test_drain_ends_when_the_child_dies(spawn: Spawn) -> None:
-    child = spawn("raw_idle.py")  # reads nothing: the PTY fills up
+    child = await spawn("raw_idle.py")  # reads nothing: the PTY fills up
     await child.expect(b"ready")
     child.driver.write(PAYLOAD)
     assert child.driver.write_pending > 0
@@ -211,7 +199,7 @@ async def test_drain_ends_when_the_child_dies(spawn: Spawn) -> None:
 
 # --- terminate ----------------------------------------------------------------------------------
 async def test_terminate_sends_sigterm_and_reaps(spawn: Spawn) -> None:
-    child = spawn("sleeper.py")
+    child = await spawn("sleeper.py")
     await child.expect(b"ready")
     assert child.driver.poll()
     assert await child.driver.terminate(grace=5.0) == -signal.SIGTERM
@@ -221,14 +209,14 @@ async def test_terminate_sends_sigterm_and_reaps(spawn: Spawn) -> None:
 
 
 async def test_terminate_polite_input_first(spawn: Spawn) -> None:
-    child = spawn("sleeper.py", "SIGTERM")
+    child = await spawn("sleeper.py", "SIGTERM")
     await child.expect(b"ready")
     assert await child.driver.terminate(polite=b"quit\r", grace=10.0) == 7
     assert reaped(child.pid)
 
 
 async def test_sigterm_ignored_gets_sigkill_after_grace(spawn: Spawn) -> None:
-    child = spawn("sleeper.py", "SIGTERM", "SIGHUP")
+    child = await spawn("sleeper.py", "SIGTERM", "SIGHUP")
     await child.expect(b"ready")  # the handler is in place
     loop = asyncio.get_running_loop()
     t0 = loop.time()
@@ -240,7 +228,7 @@ async def test_sigterm_ignored_gets_sigkill_after_grace(spawn: Spawn) -> None:
 
 async def test_terminate_kills_the_process_group(spawn: Spawn) -> None:
     """A grandchild ignoring SIGTERM and SIGHUP still dies: the group gets SIGKILL at the end."""
-    child = spawn("spawn_grandchild.py")
+    child = await spawn("spawn_grandchild.py")
     await child.expect(b"\n")
     grandchild = int(bytes(child.out).split()[1])
     assert running(grandchild)
@@ -252,7 +240,7 @@ async def test_terminate_kills_the_process_group(spawn: Spawn) -> None:
 
 
 async def test_terminate_is_idempotent(spawn: Spawn) -> None:
-    child = spawn("sleeper.py")
+    child = await spawn("sleeper.py")
     await child.expect(b"ready")
     first, second = await asyncio.gather(child.driver.terminate(), child.driver.terminate())
     assert first == second == -signal.SIGTERM
@@ -294,7 +282,7 @@ async def test_child_dies_with_its_parent(tmp_path: Path) -> None:
 
 # --- never block the loop -----------------------------------------------------------------------
 async def test_io_and_terminate_do_not_block_the_loop(spawn: Spawn) -> None:
-    child = spawn("count_stdin.py", str(len(PAYLOAD)))
+    child = await spawn("count_stdin.py", str(len(PAYLOAD)))
     await child.expect(b"ready")
     digest = hashlib.sha256(PAYLOAD).hexdigest().encode()
     with blockbuster_ctx():
@@ -307,26 +295,19 @@ async def test_io_and_terminate_do_not_block_the_loop(spawn: Spawn) -> None:
 
 
 async def test_terminate_of_a_stubborn_child_does_not_block_the_loop(spawn: Spawn) -> None:
-    child = spawn("sleeper.py", "SIGTERM", "SIGHUP")
+    child = await spawn("sleeper.py", "SIGTERM", "SIGHUP")
     await child.expect(b"ready")
     with blockbuster_ctx():
         assert await child.driver.terminate(polite=b"ignored\r", grace=0.2) == -signal.SIGKILL
 
 
-@pytest.mark.xfail(
-    raises=AssertionError,
-    strict=True,
-    reason="PtyDriver.start() calls ptyprocess.spawn on the loop thread: shutil.which (os.stat, "
-    "os.access over PATH) and a blocking os.read of the exec-error pipe until the child has "
-    "exec'd",
-)
 async def test_start_does_not_block_the_loop(tmp_path: Path) -> None:
     blocked: list[str] = []
     with blockbuster_ctx() as bb:
         for _ in range(10):
             child = Child([sys.executable, helper("sleeper.py")], tmp_path)
             try:
-                child.driver.start()
+                await child.driver.start()
                 break
             except BlockingError as exc:
                 _clean_up_failed_spawn(exc)

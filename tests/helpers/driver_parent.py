@@ -35,7 +35,7 @@ async def main() -> None:
         on_output=on_output,
         on_eof=ready.set,
     )
-    driver.start()
+    await driver.start()
     await asyncio.wait_for(ready.wait(), 10.0)
     print(driver.pid, flush=True)
     await asyncio.Event().wait()  # until SIGKILLed
