@@ -118,6 +118,14 @@ async def serve(config: Config, *, pool: RelayPool | None = None) -> int:
     )
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, sig)
+
+    def on_hup() -> None:
+        # e.g. after `claude` was upgraded or re-logged-in: idle sessions are replaced by fresh
+        # ones; running turns are not touched
+        log.info("SIGHUP: recycling idle claude sessions")
+        app[POOL_KEY].recycle()
+
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
     try:
         await runner.setup()
         site = web.TCPSite(runner, config.host, config.port)
@@ -136,7 +144,7 @@ async def serve(config: Config, *, pool: RelayPool | None = None) -> int:
         await stop.wait()
         return await _shutdown(runner, app[POOL_KEY], force)
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.remove_signal_handler(sig)
 
 

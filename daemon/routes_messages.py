@@ -17,7 +17,7 @@ from aiohttp import web
 from daemon import CONFIG_KEY, POOL_KEY, RelayPool
 from daemon.errors import error_envelope, request_info
 from daemon.sse import SSEWriter, client_gone, with_heartbeat
-from protocols import anthropic
+from protocols import anthropic, stops
 from protocols.errors import ApiError, RelayError, ServiceUnavailableError
 from protocols.model import TextDelta, TurnEvent, TurnRequest, TurnResult
 
@@ -69,7 +69,7 @@ async def _complete(
     # heartbeat tick; that keeps an abandoned turn from holding a slot until it finishes.
     async with (
         pool.open_turn(turn_request) as turn,
-        aclosing(with_heartbeat(turn, interval)) as events,
+        aclosing(with_heartbeat(_events(turn, turn_request), interval)) as events,
     ):
         async for ev in events:
             if ev is None:
@@ -103,7 +103,7 @@ async def _stream(
         # message_start goes out at once: clients and proxies see the stream alive before claude
         # has produced anything.
         if await sse.open() and await sse.send(encoder.start()):
-            failure = await _pump(sse, encoder, turn, interval)
+            failure = await _pump(sse, encoder, _events(turn, turn_request), interval)
             if failure is not None and not sse.disconnected and not encoder.closed:
                 info.stream_error = failure.anthropic_type
                 await sse.send(encoder.error(failure, info.request_id))
@@ -111,6 +111,13 @@ async def _stream(
             log.info("client left mid-stream", extra={"request_id": info.request_id})
     await sse.close()
     return sse.response
+
+
+def _events(turn: AsyncIterable[TurnEvent], req: TurnRequest) -> AsyncIterable[TurnEvent]:
+    """The turn's events with the request's stop_sequences applied (claude cannot apply them)."""
+    if not req.stop_sequences:
+        return turn
+    return stops.apply(aiter(turn), req.stop_sequences)
 
 
 async def _pump(

@@ -17,9 +17,10 @@ max_tokens             enforced: required integer >= 1 (the API's 0, "pre-warm t
 messages               enforced: see below
 system                 enforced: string or list of text blocks; blocks joined with "\\n"
 stream                 enforced: boolean
-stop_sequences         enforced: list of strings, each with non-whitespace characters
-temperature, top_p     enforced: number in [0, 1] (validated, passed on; claude cannot apply them)
-top_k                  enforced: integer >= 0 (validated, passed on; claude cannot apply it)
+stop_sequences         enforced: list of strings, each with non-whitespace characters; applied by
+                       the relay to the reply (protocols.stops)
+temperature, top_p     validated: number in [0, 1]; not applied (claude sets its own sampling)
+top_k                  validated: integer >= 0; not applied
 metadata               enforced: object with optional string `user_id`, nothing else
 tools                  enforced: absent, null or [] only -- tool use is not supported yet
 tool_choice            enforced: absent, null, {"type": "auto"} or {"type": "none"} only, which

@@ -247,6 +247,7 @@ class Pool:
         """Keep `settings.warm` sessions ready for the most recently used spawn settings."""
         while not self._closing:
             self._wake.clear()
+            self._prune_dead()
             target = next(reversed(self._recent)) if self._recent else self._default_spec()
             have = len(self._warm.get(target, [])) + self._starting.get(target, 0)
             if have < self.settings.warm and not self._closing:
@@ -279,6 +280,7 @@ class Pool:
                 return
             self._warm.setdefault(spec, []).append(session)
             self._warm.move_to_end(spec)
+            session.on_death = self._wake.set  # an idle claude that dies is replaced at once
             session = None
         except errors.RelayError as exc:
             self._claude_error = exc.message
@@ -291,6 +293,26 @@ class Pool:
             self._warmed.set()
             if session is not None:
                 await session.close()
+
+    def recycle(self) -> None:
+        """Replace every idle warm session (SIGHUP): they pick up a new binary or login."""
+        for sessions in self._warm.values():
+            for s in sessions:
+                self._spawn_task(s.close(), "recycle")
+        self._warm.clear()
+        self._wake.set()
+
+    def _prune_dead(self) -> None:
+        """Drop warm sessions whose claude died while idle; the replenisher replaces them."""
+        for spec, sessions in self._warm.items():
+            dead = [s for s in sessions if not s.alive or s.state != "ready"]
+            for s in dead:
+                sessions.remove(s)
+                self.deaths += 1
+                log.warning("idle claude died; replacing it", extra={"pid": s.pid})
+                self._spawn_task(s.close(), "close dead")
+            if dead:
+                self._warm[spec] = sessions
 
     # --- inspection ----------------------------------------------------------------------------
     def stats(self) -> dict[str, int]:
@@ -306,6 +328,7 @@ class Pool:
             "max_busy": self.settings.max_busy,
             "max_queue": self.settings.max_queue,
             "spawned": self.spawned,
+            "deaths": self.deaths,
         }
 
     @property

@@ -15,7 +15,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Literal
 
@@ -63,6 +63,7 @@ class Session:
         self.turns = 0
         self._binary = binary
         self._resume = resume
+        self.on_death: Callable[[], None] | None = None  # the pool's wake-up when claude exits
         self._screen = ScreenReader(settings.columns, settings.rows)
         self._changed = asyncio.Event()
         self._eof = False
@@ -91,6 +92,8 @@ class Session:
     def _on_eof(self) -> None:
         self._eof = True
         self._changed.set()
+        if self.on_death is not None:
+            self.on_death()
 
     @property
     def alive(self) -> bool:

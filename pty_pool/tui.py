@@ -298,6 +298,90 @@ def rows_text(rows: tuple[Row, ...] | list[Row], width: int) -> str:
 
 
 _TABLE_CHARS = ("|", "┌", "│", "├", "└")
+_BOX = ("┌", "│", "├", "└")
+_INLINE_CODE_FG = "afd7ff"  # colour 153, claude's inline `code` (v2.1.197)
+_QUOTE = "▎ "
+
+
+def _marker(bold: bool, italics: bool, fg: str) -> str:
+    if fg == _INLINE_CODE_FG and not bold and not italics:
+        return "`"
+    return ("**" if bold else "") + ("*" if italics else "")
+
+
+def row_markdown(row: Row) -> str:
+    """Put back the markdown markers claude's renderer turned into cell attributes.
+
+    Headings are drawn bold+italic+underlined (`#`) or bold (`##` and deeper, which cannot be
+    told apart); **bold**, *italic* and `code` are spans; `> quote` is a `▎` bar with italics.
+    Fenced code loses its fences and language (its colours are syntax highlighting), links are
+    shown as `text (url)`: those stay as drawn.
+    """
+    text = row.text
+    quote = text.lstrip().startswith(_QUOTE)
+    spans = [s for s in row.spans if s.start < s.end]
+    if spans and len(spans) == 1 and spans[0].start == len(text) - len(text.lstrip()):
+        s = spans[0]
+        if s.end == len(text) and s.bold and not text.lstrip().startswith(("-", "*")):
+            prefix = "# " if (s.italics and s.underscore) else "## "
+            return text[: s.start] + prefix + text[s.start :]
+    out: list[str] = []
+    pos = 0
+    for s in spans:
+        if quote and s.italics and not s.bold:
+            continue  # a quote's italics are the quote style, not markup
+        mark = _marker(s.bold, s.italics, s.fg)
+        if not mark:
+            continue
+        out.append(text[pos : s.start])
+        body = text[s.start : s.end]
+        stripped = body.rstrip()
+        out.append(mark + stripped + mark[::-1] + body[len(stripped) :])
+        pos = s.end
+    out.append(text[pos:])
+    md = "".join(out)
+    if quote:
+        i = md.index(_QUOTE)
+        md = md[:i] + "> " + md[i + len(_QUOTE) :]
+    return md
+
+
+def box_table_markdown(rows: list[Row]) -> list[Row]:
+    """A box-drawn table back to a pipe table (alignment is not recoverable)."""
+    out: list[Row] = []
+    header_done = False
+    for row in rows:
+        t = row.text.strip()
+        if t.startswith(("┌", "└")):
+            continue
+        if t.startswith("├"):
+            if not header_done:
+                cols = t.count("┼") + 1
+                out.append(Row("|" + "---|" * cols, (), row.width))
+                header_done = True
+            continue
+        if t.startswith("│"):
+            cells = [c.strip() for c in t.strip("│").split("│")]
+            out.append(Row("| " + " | ".join(cells) + " |", (), row.width))
+        else:
+            out.append(Row(row_markdown(row), (), row.width))
+    return out
+
+
+def _markdown_rows(rows: tuple[Row, ...]) -> list[Row]:
+    out: list[Row] = []
+    i = 0
+    while i < len(rows):
+        if rows[i].text.lstrip()[:1] in _BOX:
+            j = i
+            while j < len(rows) and rows[j].text.lstrip()[:1] in _BOX:
+                j += 1
+            out.extend(box_table_markdown(list(rows[i:j])))
+            i = j
+            continue
+        out.append(Row(row_markdown(rows[i]), (), rows[i].width))
+        i += 1
+    return out
 
 
 def _is_table_row(row: Row) -> bool:
@@ -315,7 +399,8 @@ class StreamAssembler:
 
     def __init__(self, width: int) -> None:
         self.width = width
-        self._rows: list[Row] = []
+        self._rows: list[Row] = []  # as drawn, to notice redraws
+        self._last_md: Row | None = None  # the last row as sent, with markdown markers restored
         self.sent = ""
         self.diverged = False
 
@@ -338,10 +423,11 @@ class StreamAssembler:
         if not new:
             return ""
         out: list[str] = []
-        prev = self._rows[-1] if self._rows else None
-        for row in new:
+        prev = self._last_md
+        for row in _markdown_rows(new):
             out.append(row.text if prev is None else join(prev, row, self.width))
             prev = row
+        self._last_md = prev
         self._rows.extend(new)
         delta = "".join(out)
         self.sent += delta

@@ -105,6 +105,9 @@ class FakePool:
         self.requests.append(request)
         return FakeTurn(self)
 
+    def recycle(self) -> None:
+        pass
+
     def stats(self) -> dict[str, int]:
         return {
             "warm": 1,

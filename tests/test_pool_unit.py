@@ -133,6 +133,7 @@ async def test_warm_sessions_and_stats(fake: FakeClaude) -> None:
         "max_busy": 3,
         "max_queue": 5,
         "spawned": 2,
+        "deaths": 0,
     }
     assert pool.claude_error is None
     pids = fake.processes()

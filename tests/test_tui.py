@@ -66,9 +66,20 @@ def test_assembler_holds_back_tables_and_finishes_exact() -> None:
     asm = tui.StreamAssembler(40)
     assert asm.update((_row("Intro."),)) == "Intro."
     assert asm.update((_row("Intro."), _row(""), _row("| a | b |"))) == "\n"
-    final = (_row("Intro."), _row(""), _row("┌───┐"), _row("└───┘"), _row(""), _row("End."))
-    assert asm.update(final) == "\n┌───┐\n└───┘\n\nEnd."
-    assert asm.finish("Intro.\n\n| a | b |\n|---|---|\n\nEnd.") == ""
+    final = (
+        _row("Intro."),
+        _row(""),
+        _row("┌───┬───┐"),
+        _row("│ a │ b │"),
+        _row("├───┼───┤"),
+        _row("│ 1 │ 2 │"),
+        _row("└───┴───┘"),
+        _row(""),
+        _row("End."),
+    )
+    # the box-drawn table goes out as the pipe table it was drawn from
+    assert asm.update(final) == "\n| a | b |\n|---|---|\n| 1 | 2 |\n\nEnd."
+    assert asm.finish("Intro.\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\nEnd.") == ""
 
 
 def test_assembler_diverged_stream_resumes_from_alignment() -> None:
@@ -89,3 +100,28 @@ def test_screen_keeps_zwj_sequences_and_scrollback() -> None:
     snap = s.snapshot()
     assert [r.text for r in snap.scrollback] == ["fam 👨\u200d👩\u200d👧 ok", "1"]
     assert [r.text for r in snap.rows] == ["2", "3", "4"]
+
+
+def test_row_markdown_restores_markers() -> None:
+    from pty_pool.screen import Span
+
+    def span(
+        a: int,
+        b: int,
+        *,
+        bold: bool = False,
+        it: bool = False,
+        ul: bool = False,
+        fg: str = "default",
+    ) -> Span:
+        return Span(a, b, bold, it, ul, fg)
+
+    assert tui.row_markdown(Row("Title", (span(0, 5, bold=True, it=True, ul=True),))) == "# Title"
+    assert tui.row_markdown(Row("Sub", (span(0, 3, bold=True),))) == "## Sub"
+    row = Row(
+        "a bold b it c code",
+        (span(2, 6, bold=True), span(9, 11, it=True), span(14, 18, fg="afd7ff")),
+    )
+    assert tui.row_markdown(row) == "a **bold** b *it* c `code`"
+    assert tui.row_markdown(Row("▎ quoted", (span(2, 8, it=True),))) == "> quoted"
+    assert tui.row_markdown(Row("- item", (span(2, 6, bold=True),))) == "- **item**"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -355,3 +357,45 @@ async def test_daemon_stop_and_crash_leave_no_claude(upstream: FakeUpstream) -> 
         async with asyncio.timeout(10):
             while any(alive(p) for p in kids):
                 await asyncio.sleep(0.05)
+
+
+async def test_stop_sequences_cut_the_reply(
+    sdk: anthropic.AsyncAnthropic, relay: Relay, up: FakeUpstream
+) -> None:
+    text = "Thought: add them.\nAnswer: 42\nObservation: done"
+    up.push(Reply(text=text, chunk_chars=5), Reply(text=text, chunk_chars=5))
+    msg = await sdk.messages.create(
+        model=MODEL, max_tokens=50, stop_sequences=["Observation:"], messages=user("q")
+    )
+    assert msg.content[0].type == "text"
+    assert msg.content[0].text == "Thought: add them.\nAnswer: 42\n"
+    assert (msg.stop_reason, msg.stop_sequence) == ("stop_sequence", "Observation:")
+    async with sdk.messages.stream(
+        model=MODEL, max_tokens=50, stop_sequences=["Observation:"], messages=user("q")
+    ) as stream:
+        streamed = "".join([t async for t in stream.text_stream])
+        final = await stream.get_final_message()
+    assert streamed == "Thought: add them.\nAnswer: 42\n"
+    assert final.stop_reason == "stop_sequence"
+
+
+async def test_dead_idle_claude_is_replaced(
+    sdk: anthropic.AsyncAnthropic, relay: Relay, up: FakeUpstream
+) -> None:
+    await relay.wait_warm(2)
+    before = await relay.health()
+    victim = sorted(children_of(relay.proc.pid))[0]
+    os.kill(victim, signal.SIGKILL)
+    async with asyncio.timeout(30):
+        while True:
+            pool = (await relay.health())["pool"]
+            assert isinstance(pool, dict)
+            if pool["deaths"] >= 1 and pool["warm"] >= 2:
+                break
+            await asyncio.sleep(0.05)
+    assert not alive(victim)
+    assert isinstance(before["pool"], dict)
+    assert pool["spawned"] > before["pool"]["spawned"]
+    msg = await sdk.messages.create(model=MODEL, max_tokens=50, messages=user("still there"))
+    assert msg.content[0].type == "text"
+    assert msg.content[0].text == "echo: still there"
