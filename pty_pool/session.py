@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 State = Literal["starting", "ready", "busy", "dead"]
 POLL_INTERVAL = 0.1  # the screen is read at least this often while waiting
-MIN_POLL_GAP = 0.02  # and at most this often, however fast bytes arrive
+MIN_POLL_GAP = 0.008  # and at most this often: a frame written in several chunks coalesces
 TRANSCRIPT_POLL = 0.01  # transcript poll interval once the screen shows the turn ended
 TRANSCRIPT_GRACE = 3.0  # idle screen but no turn_duration yet: give the file this long
 # claude draws its prompt a moment before its input handler listens (seen right after the trust
