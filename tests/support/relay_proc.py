@@ -116,13 +116,16 @@ async def start_relay(upstream: FakeUpstream, *args: str, **env: str) -> AsyncIt
         await relay.wait_warm(1)
         yield relay
     finally:
-        kids = children_of(proc.pid)
-        if proc.returncode is None:
-            await relay.stop()
-        # every claude the daemon started is gone once it has exited
-        async with asyncio.timeout(10):
-            while any(alive(p) for p in kids):
-                await asyncio.sleep(0.05)
-        if os.environ.get("CLAUDE_RELAY_E2E_LOGS"):
-            shutil.copy(log_path, Path(os.environ["CLAUDE_RELAY_E2E_LOGS"]) / f"daemon-{port}.log")
-        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            kids = children_of(proc.pid)
+            if proc.returncode is None:
+                await relay.stop()
+            # every claude the daemon started is gone once it has exited
+            async with asyncio.timeout(10):
+                while any(alive(p) for p in kids):
+                    await asyncio.sleep(0.05)
+        finally:
+            keep = os.environ.get("CLAUDE_RELAY_E2E_LOGS")
+            if keep:
+                shutil.copy(log_path, Path(keep) / f"daemon-{port}.log")
+            shutil.rmtree(tmp, ignore_errors=True)
