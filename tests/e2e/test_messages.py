@@ -264,6 +264,8 @@ async def test_injection_corpus_runs_nothing(
         (500, anthropic.InternalServerError, "api_error"),
         (401, anthropic.AuthenticationError, "authentication_error"),
         (529, anthropic.APIStatusError, "overloaded_error"),
+        (429, anthropic.RateLimitError, "rate_limit_error"),
+        (400, anthropic.BadRequestError, "invalid_request_error"),
     ],
 )
 async def test_upstream_errors_map_and_session_recovers(
@@ -274,7 +276,14 @@ async def test_upstream_errors_map_and_session_recovers(
     exc: type[Exception],
     etype: str,
 ) -> None:
-    up.on("trigger", Reply(status=status))  # every attempt (claude retries) fails
+    reply = Reply(status=status)  # every attempt (claude retries) fails
+    if status == 429:
+        reply = Reply(status=429, retry_after=1)  # claude waits retry-after between attempts
+    if status == 400:
+        reply = Reply(
+            status=400, error_message="prompt is too long: 300000 tokens > 200000 maximum"
+        )
+    up.on("trigger", reply)
     t0 = time.monotonic()
     with pytest.raises(exc) as info:
         await sdk.messages.create(model=MODEL, max_tokens=50, messages=user("trigger"))
