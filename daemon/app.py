@@ -11,7 +11,15 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from daemon import CONFIG_KEY, POOL_KEY, STARTED_KEY, RelayPool, routes_health, routes_messages
+from daemon import (
+    CONFIG_KEY,
+    POOL_KEY,
+    STARTED_KEY,
+    RelayPool,
+    routes_health,
+    routes_messages,
+    routes_sessions,
+)
 from daemon.config import Config
 from daemon.errors import make_error_middleware
 from protocols import anthropic
@@ -51,4 +59,5 @@ def make_app(config: Config, *, pool: RelayPool | None = None) -> web.Applicatio
     app.on_shutdown.append(_drain_pool)
     routes_messages.add_routes(app)
     routes_health.add_routes(app)
+    routes_sessions.add_routes(app)
     return app

@@ -59,6 +59,8 @@ class Config:
     turn_timeout: float = 600.0
     stall_timeout: float = 90.0
     max_retries: int = 2
+    sticky_idle_timeout: float = 1800.0  # seconds an untouched sticky session stays alive
+    max_sticky: int = 16  # live sticky sessions; beyond that new ids get 529 + retry-after
     ping_interval: float = 10.0  # idle seconds before an SSE ping keeps proxies from timing out
     shutdown_grace: float = 10.0
     log_level: LogLevel = "info"
@@ -81,6 +83,8 @@ class Config:
             turn_timeout=self.turn_timeout,
             stall_timeout=self.stall_timeout,
             max_retries=self.max_retries,
+            sticky_idle_timeout=self.sticky_idle_timeout,
+            max_sticky=self.max_sticky,
         )
 
 
@@ -134,6 +138,8 @@ _SPECS: Final[dict[str, _Spec]] = {
     "turn_timeout": _Float(0, lo_open=True),
     "stall_timeout": _Float(0, lo_open=True),
     "max_retries": _Int(0, 100),
+    "sticky_idle_timeout": _Float(0, lo_open=True),
+    "max_sticky": _Int(1, 10000),
     "ping_interval": _Float(0, lo_open=True),
     "shutdown_grace": _Float(0),
     "log_level": _Choice(("debug", "info", "warning", "error", "critical")),

@@ -12,18 +12,20 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator, Coroutine
 from types import TracebackType
 from typing import Any
 
 from protocols import errors
-from protocols.model import SpawnSpec, TurnEvent, TurnRequest
+from protocols.model import SpawnSpec, TextDelta, TurnEvent, TurnRequest
 from protocols.render import render_prompt
 
 from .session import Session
 from .settings import PoolSettings
 from .spawn import find_claude, spawn_spec
+from .sticky import Sticky, StickyStore, digest
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +74,75 @@ class Turn:
 
     async def _run(self) -> AsyncGenerator[TurnEvent, None]:
         pool = self._pool
+        if self._request.session_id is not None:
+            sticky = pool._sticky_entry(self._request.session_id)
+            async for ev in self._run_sticky(sticky):
+                yield ev
+            return
+        await self._take_slot()
+        session: Session | None = None
+        try:
+            spec = spawn_spec(self._request.model, self._request.system, pool.settings)
+            prompt = render_prompt(self._request.messages)
+            session = await pool._acquire(spec)
+            async for ev in session.run_turn(prompt):
+                yield ev
+        finally:
+            pool._slots.release()
+            self._has_slot = False
+            if session is not None:
+                pool._release(session)
+
+    async def _run_sticky(self, sticky: Sticky) -> AsyncGenerator[TurnEvent, None]:
+        """A turn on the claude that holds this id's conversation (per-id calls queue in order)."""
+        pool = self._pool
+        req = self._request
+        async with sticky.lock:
+            await self._take_slot()
+            try:
+                spec = spawn_spec(req.model, req.system, pool.settings)
+                known = sticky.extended_by(req.messages, spec)
+                session = None
+                if known is not None:
+                    prompt = render_prompt(req.messages[known:])
+                    session = await pool._sticky_session(sticky, fresh=False)
+                if session is None:
+                    # first call, edited history, other spawn settings, or claude lost the
+                    # conversation: a fresh claude gets the whole history rendered
+                    prompt = render_prompt(req.messages)
+                    sticky.spec = spec
+                    session = await pool._sticky_session(sticky, fresh=True)
+                    assert session is not None  # fresh=True raises rather than return None
+                streamed: list[str] = []
+                pool._busy.add(session)
+                try:
+                    async for ev in session.run_turn(prompt):
+                        if isinstance(ev, TextDelta):
+                            streamed.append(ev.text)
+                        else:
+                            sticky.seen = [[digest(m.role, m.text)] for m in req.messages]
+                            sticky.seen.append(
+                                sorted(
+                                    {
+                                        digest("assistant", ev.text),
+                                        digest("assistant", "".join(streamed)),
+                                    }
+                                )
+                            )
+                            sticky.turns += 1
+                            sticky.last_used = time.time()
+                            await pool._persist()
+                        yield ev
+                finally:
+                    pool._busy.discard(session)
+                    pool._idle.set()
+                    sticky.last_used = time.time()
+            finally:
+                pool._slots.release()
+                self._has_slot = False
+
+    async def _take_slot(self) -> None:
+        pool = self._pool
         try:
             try:
                 await asyncio.wait_for(pool._slots.acquire(), pool.settings.queue_timeout)
@@ -85,18 +156,6 @@ class Turn:
         finally:
             pool._waiting -= 1
             self._admitted = False
-        session: Session | None = None
-        try:
-            spec = spawn_spec(self._request.model, self._request.system, pool.settings)
-            prompt = render_prompt(self._request.messages)
-            session = await pool._acquire(spec)
-            async for ev in session.run_turn(prompt):
-                yield ev
-        finally:
-            pool._slots.release()
-            self._has_slot = False
-            if session is not None:
-                pool._release(session)
 
 
 class Pool:
@@ -120,6 +179,9 @@ class Pool:
         self.spawned = 0
         self.deaths = 0
         self.started = time.time()
+        self._sticky: dict[str, Sticky] = {}
+        state = settings.state_file or settings.workspace.parent / "sessions.json"
+        self._store = StickyStore(state)
 
     # --- lifetime ------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -134,7 +196,9 @@ class Pool:
             return
         self.settings.workspace.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._recent[self._default_spec()] = None
+        self._sticky = await asyncio.to_thread(self._store.load)
         self._spawn_task(self._replenish(), "replenish")
+        self._spawn_task(self._reap_idle(), "reap idle sticky")
 
     async def close(self, grace: float = 10.0) -> None:
         """Stop admitting, let running turns finish up to `grace`, interrupt the rest, kill all."""
@@ -146,6 +210,9 @@ class Pool:
                     self._idle.clear()
                     await self._idle.wait()
         sessions = list(self._busy) + [s for lst in self._warm.values() for s in lst]
+        # sticky claudes stop too; their ids stay in the state file and resume after a restart
+        sessions += [st.session for st in self._sticky.values() if st.session is not None]
+        sessions = list(dict.fromkeys(sessions))
         self._warm.clear()
         await asyncio.gather(*(s.close() for s in sessions), return_exceptions=True)
         # Let abandoned-turn and spawn tasks see their sessions die, then cancel what is left.
@@ -294,6 +361,103 @@ class Pool:
             if session is not None:
                 await session.close()
 
+    # --- sticky sessions -------------------------------------------------------------------------
+    def _sticky_entry(self, sid: str) -> Sticky:
+        entry = self._sticky.get(sid)
+        if entry is not None:
+            return entry
+        live = sum(1 for s in self._sticky.values() if s.session is not None and s.session.alive)
+        if live >= self.settings.max_sticky:
+            raise errors.OverloadedError(
+                f"claude-relay holds its maximum of {self.settings.max_sticky} sticky sessions; "
+                "retry later or close one with DELETE /v1/sessions/{id}",
+                retry_after=self.settings.retry_after,
+            )
+        entry = Sticky(id=sid, claude_id=str(uuid.uuid4()), spec=self._default_spec())
+        self._sticky[sid] = entry
+        return entry
+
+    async def _sticky_session(self, sticky: Sticky, *, fresh: bool) -> Session | None:
+        """The live claude for `sticky`: reused, resumed (after a restart or a crash), or new.
+
+        Returns None when `fresh` is False and the conversation cannot be resumed.
+        """
+        current = sticky.session
+        if not fresh and current is not None and current.alive and current.state == "ready":
+            return current
+        if current is not None:
+            sticky.session = None
+            await current.close()
+        if self._binary is None:
+            raise errors.ServiceUnavailableError(self._claude_error or "claude is not available")
+        if fresh:
+            sticky.claude_id = str(uuid.uuid4())
+            sticky.seen = []
+        session = Session(
+            sticky.spec,
+            self.settings,
+            self._binary,
+            session_id=sticky.claude_id,
+            resume=not fresh,
+            ephemeral=False,
+        )
+        self.spawned += 1
+        try:
+            await session.start()
+        except errors.RelayError:
+            await session.close()
+            if fresh:
+                raise
+            log.warning("could not resume claude session %s", sticky.claude_id)
+            return None
+        sticky.session = session
+        return session
+
+    async def _persist(self) -> None:
+        entries = {sid: s.to_json() for sid, s in self._sticky.items() if s.seen}
+        await asyncio.to_thread(self._store.save, entries)
+
+    async def _reap_idle(self) -> None:
+        idle = self.settings.sticky_idle_timeout
+        while not self._closing:
+            await asyncio.sleep(min(60.0, max(0.5, idle / 4)))
+            now = time.time()
+            stale = [
+                s for s in self._sticky.values() if now - s.last_used > idle and not s.lock.locked()
+            ]
+            for s in stale:
+                await self.close_session(s.id)
+
+    async def close_session(self, sid: str) -> bool:
+        """Forget a sticky session and stop its claude. False when the id is unknown."""
+        entry = self._sticky.pop(sid, None)
+        if entry is None:
+            return False
+        async with entry.lock:  # let a running turn on it finish first
+            if entry.session is not None:
+                await entry.session.close()
+                entry.session = None
+        await self._persist()
+        return True
+
+    def sessions(self) -> list[dict[str, object]]:
+        out: list[dict[str, object]] = []
+        for s in self._sticky.values():
+            live = s.session is not None and s.session.alive
+            out.append(
+                {
+                    "id": s.id,
+                    "claude_session_id": s.claude_id,
+                    "pid": s.session.pid if live and s.session is not None else None,
+                    "state": (s.session.state if live and s.session is not None else "stopped"),
+                    "model": s.spec.model or "default",
+                    "created": s.created,
+                    "last_used": s.last_used,
+                    "turns": s.turns,
+                }
+            )
+        return out
+
     def recycle(self) -> None:
         """Replace every idle warm session (SIGHUP): they pick up a new binary or login."""
         for sessions in self._warm.values():
@@ -319,16 +483,21 @@ class Pool:
         """Counts for /v1/health: warm, busy, starting, queued, sessions, max_busy, max_queue."""
         warm = sum(1 for v in self._warm.values() for s in v if s.state == "ready" and s.alive)
         starting = sum(self._starting.values())
+        sticky = {
+            s.session for s in self._sticky.values() if s.session is not None and s.session.alive
+        }
         return {
             "warm": warm,
             "busy": len(self._busy),
             "starting": starting,
             "queued": self._waiting,
-            "sessions": warm + len(self._busy) + starting,
+            "sessions": warm + starting + len(self._busy | sticky),
             "max_busy": self.settings.max_busy,
             "max_queue": self.settings.max_queue,
             "spawned": self.spawned,
             "deaths": self.deaths,
+            "sticky": len(sticky),
+            "max_sticky": self.settings.max_sticky,
         }
 
     @property

@@ -23,5 +23,8 @@ class PoolSettings:
     turn_timeout: float = 600.0  # whole turn
     stall_timeout: float = 90.0  # no visible progress while busy → Esc + error
     max_retries: int = 2  # CLAUDE_CODE_MAX_RETRIES for the child
+    sticky_idle_timeout: float = 1800.0  # an untouched sticky session is closed after this
+    max_sticky: int = 16  # live sticky sessions at once; beyond that: 529 with retry-after
+    state_file: Path | None = None  # sticky id → claude session map (default: next to workspace)
     extra_args: tuple[str, ...] = ()
     extra_env: tuple[tuple[str, str], ...] = field(default=())

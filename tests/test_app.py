@@ -108,6 +108,12 @@ class FakePool:
     def recycle(self) -> None:
         pass
 
+    def sessions(self) -> list[dict[str, object]]:
+        return []
+
+    async def close_session(self, sid: str) -> bool:
+        return False
+
     def stats(self) -> dict[str, int]:
         return {
             "warm": 1,

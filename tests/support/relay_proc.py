@@ -89,10 +89,14 @@ class Relay:
 
 
 @contextlib.asynccontextmanager
-async def start_relay(upstream: FakeUpstream, *args: str, **env: str) -> AsyncIterator[Relay]:
+async def start_relay(
+    upstream: FakeUpstream, *args: str, home: Path | None = None, **env: str
+) -> AsyncIterator[Relay]:
+    """Start a daemon; with `home`, reuse that HOME (a restart) and leave it in place."""
     tmp = Path(tempfile.mkdtemp(prefix="relay-e2e-"))
-    home = tmp / "home"
-    make_home(home)
+    if home is None:
+        home = tmp / "home"
+        make_home(home)
     port = free_port()
     e = child_env(home, upstream.url)
     e.update({f"CLAUDE_RELAY_{k.upper()}": v for k, v in env.items()})

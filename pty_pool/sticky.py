@@ -1,0 +1,117 @@
+"""Sticky sessions: one claude conversation per client-chosen id, surviving daemon restarts.
+
+A sticky entry maps the client's id to a claude session UUID and remembers, as digests, the
+messages claude's conversation already holds, so a call can be checked to *extend* it (then only
+the new turn is pasted) or found to diverge (edited history, regenerate: a fresh claude gets the
+whole history rendered). The map is persisted atomically (0600) so that after a restart, even a
+SIGKILL, the next call resumes the conversation with `claude --resume <uuid>`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from protocols.model import Message, SpawnSpec, SystemMode
+
+from .session import Session
+
+
+def digest(role: str, text: str) -> str:
+    """Messages are remembered by digest only: the state file holds no conversation text."""
+    return hashlib.sha256(f"{role}\0{text}".encode()).hexdigest()[:32]
+
+
+@dataclass
+class Sticky:
+    id: str
+    claude_id: str
+    spec: SpawnSpec
+    # one entry per message claude's conversation holds; an assistant entry accepts several
+    # digests (the exact reply, and the text a streaming client assembled)
+    seen: list[list[str]] = field(default_factory=list)
+    created: float = field(default_factory=time.time)
+    last_used: float = field(default_factory=time.time)
+    turns: int = 0
+    session: Session | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def extended_by(self, messages: tuple[Message, ...], spec: SpawnSpec) -> int | None:
+        """How many leading `messages` claude already has, if the call extends the session."""
+        n = len(self.seen)
+        if not n or spec != self.spec or len(messages) <= n or messages[-1].role != "user":
+            return None
+        for accepted, msg in zip(self.seen, messages, strict=False):
+            if digest(msg.role, msg.text) not in accepted:
+                return None
+        return n
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "claude_id": self.claude_id,
+            "spec": {
+                "model": self.spec.model,
+                "system": self.spec.system,
+                "system_mode": self.spec.system_mode,
+            },
+            "seen": self.seen,
+            "created": self.created,
+            "last_used": self.last_used,
+            "turns": self.turns,
+        }
+
+    @classmethod
+    def from_json(cls, sid: str, d: dict[str, Any]) -> Sticky:
+        spec = d.get("spec") or {}
+        mode: SystemMode = "replace" if spec.get("system_mode") == "replace" else "append"
+        return cls(
+            id=sid,
+            claude_id=str(d["claude_id"]),
+            spec=SpawnSpec(model=spec.get("model"), system=spec.get("system"), system_mode=mode),
+            seen=[list(x) for x in d.get("seen", [])],
+            created=float(d.get("created", time.time())),
+            last_used=float(d.get("last_used", time.time())),
+            turns=int(d.get("turns", 0)),
+        )
+
+
+class StickyStore:
+    """The persisted id → claude session map. Blocking file I/O: call through a thread."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self) -> dict[str, Sticky]:
+        try:
+            raw = orjson.loads(self.path.read_bytes())
+        except (FileNotFoundError, orjson.JSONDecodeError):
+            return {}
+        out: dict[str, Sticky] = {}
+        for sid, d in (raw.get("sessions") or {}).items():
+            with contextlib.suppress(KeyError, TypeError, ValueError):
+                out[sid] = Sticky.from_json(sid, d)
+        return out
+
+    def save(self, entries: dict[str, dict[str, Any]]) -> None:
+        """Write atomically: a crash leaves the old file or the new one, never half of one."""
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".sessions-", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:  # mkstemp files are 0600
+                f.write(orjson.dumps({"version": 1, "sessions": entries}))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise

@@ -1,0 +1,68 @@
+"""Sticky-session bookkeeping (pty_pool.sticky): extension checks and the persisted map."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+from protocols.model import Message, SpawnSpec, TextBlock
+from pty_pool.sticky import Sticky, StickyStore, digest
+
+
+def msg(role: str, text: str) -> Message:
+    return Message(role, (TextBlock(text),))  # type: ignore[arg-type]
+
+
+def seen_after_first_turn() -> Sticky:
+    s = Sticky(id="c", claude_id="u", spec=SpawnSpec())
+    s.seen = [
+        [digest("user", "hi")],
+        sorted({digest("assistant", "Hello **x**"), digest("assistant", "Hello x")}),
+    ]
+    return s
+
+
+def test_extension_accepts_exact_or_streamed_reply() -> None:
+    s = seen_after_first_turn()
+    for reply in ("Hello **x**", "Hello x"):
+        assert (
+            s.extended_by(
+                (msg("user", "hi"), msg("assistant", reply), msg("user", "more")), SpawnSpec()
+            )
+            == 2
+        )
+
+
+def test_divergence_is_detected() -> None:
+    s = seen_after_first_turn()
+    spec = SpawnSpec()
+    edited = (msg("user", "HI"), msg("assistant", "Hello x"), msg("user", "more"))
+    regenerate = (msg("user", "hi"),)
+    other_reply = (msg("user", "hi"), msg("assistant", "changed"), msg("user", "more"))
+    ends_with_assistant = (msg("user", "hi"), msg("assistant", "Hello x"))
+    for messages in (edited, regenerate, other_reply, ends_with_assistant):
+        assert s.extended_by(messages, spec) is None
+    ok = (msg("user", "hi"), msg("assistant", "Hello x"), msg("user", "more"))
+    assert s.extended_by(ok, SpawnSpec(model="opus")) is None  # other spawn settings
+    assert Sticky(id="n", claude_id="u", spec=spec).extended_by(ok, spec) is None  # nothing yet
+
+
+def test_store_round_trip_is_private_and_atomic(tmp_path: Path) -> None:
+    store = StickyStore(tmp_path / "state" / "sessions.json")
+    s = seen_after_first_turn()
+    s.spec = SpawnSpec(model="sonnet", system="be brief", system_mode="replace")
+    s.turns = 3
+    store.save({"c": s.to_json()})
+    mode = stat.S_IMODE(store.path.stat().st_mode)
+    assert mode == 0o600
+    assert list(store.path.parent.iterdir()) == [store.path]  # no temp file left behind
+    loaded = store.load()["c"]
+    assert (loaded.claude_id, loaded.spec, loaded.seen, loaded.turns) == ("u", s.spec, s.seen, 3)
+    assert "Hello" not in store.path.read_text()  # digests only, no conversation text
+
+
+def test_store_tolerates_missing_and_corrupt_files(tmp_path: Path) -> None:
+    store = StickyStore(tmp_path / "sessions.json")
+    assert store.load() == {}
+    store.path.write_text("{not json")
+    assert store.load() == {}
