@@ -134,6 +134,8 @@ async def test_warm_sessions_and_stats(fake: FakeClaude) -> None:
         "max_queue": 5,
         "spawned": 2,
         "deaths": 0,
+        "sticky": 0,
+        "max_sticky": 16,
     }
     assert pool.claude_error is None
     pids = fake.processes()
