@@ -74,6 +74,28 @@ async def short_replies(c: anthropic.AsyncAnthropic, up: FakeUpstream, n: int) -
     return times
 
 
+async def sticky_followups(relay: Relay, up: FakeUpstream, n: int) -> list[float]:
+    """Follow-up turns on one X-IR-Session-ID: the same warm claude, only the new turn pasted."""
+    history: list[anthropic.types.MessageParam] = []
+    times: list[float] = []
+    async with anthropic.AsyncAnthropic(
+        base_url=relay.url,
+        api_key="unused",
+        max_retries=0,
+        default_headers={"X-IR-Session-ID": f"bench-{time.time()}"},
+    ) as c:
+        for i in range(n + 1):
+            up.push(Reply(text="Short reply."))
+            history.append({"role": "user", "content": f"q{i}"})
+            t0 = time.perf_counter()
+            msg = await c.messages.create(model=MODEL, max_tokens=50, messages=history)
+            if i:  # the first call creates the session
+                times.append(time.perf_counter() - t0)
+            assert msg.content[0].type == "text"
+            history.append({"role": "assistant", "content": msg.content[0].text})
+    return times
+
+
 async def cold_replies(c: anthropic.AsyncAnthropic, up: FakeUpstream, n: int) -> list[float]:
     """A new system prompt each time: no warm claude matches, so each call spawns one."""
     times: list[float] = []
@@ -212,6 +234,9 @@ async def main() -> None:
                 cli = await claude_p(up, Path(d), max(5, n // 2))
             print(f"short reply, claude -p        {fmt(cli)}")
             results["claude_p_short_reply_s"] = cli
+            sticky = await sticky_followups(relay, up, n)
+            print(f"short reply, sticky follow-up {fmt(sticky)}")
+            results["sticky_followup_s"] = sticky
             speedup = statistics.median(cli) / statistics.median(warm)
             print(f"  speed-up (median)           {speedup:7.2f} x")
             results["speedup"] = speedup

@@ -22,7 +22,7 @@ from protocols import errors
 from protocols.model import SpawnSpec, TextDelta, TurnEvent, TurnRequest
 from protocols.render import render_prompt
 
-from .session import Session
+from .session import ClaudeExited, Session
 from .settings import PoolSettings
 from .spawn import find_claude, spawn_spec
 from .sticky import Sticky, StickyStore, digest
@@ -84,9 +84,18 @@ class Turn:
         try:
             spec = spawn_spec(self._request.model, self._request.system, pool.settings)
             prompt = render_prompt(self._request.messages)
-            session = await pool._acquire(spec)
-            async for ev in session.run_turn(prompt):
-                yield ev
+            for attempt in (1, 2):
+                session = await pool._acquire(spec)
+                try:
+                    async for ev in session.run_turn(prompt):
+                        yield ev
+                    break
+                except ClaudeExited as exc:
+                    # a warm claude that died unnoticed before taking the prompt: use another
+                    if exc.answered or attempt == 2:
+                        raise
+                    pool._release(session)
+                    session = None
         finally:
             pool._slots.release()
             self._has_slot = False
@@ -116,7 +125,7 @@ class Turn:
                 streamed: list[str] = []
                 pool._busy.add(session)
                 try:
-                    async for ev in session.run_turn(prompt):
+                    async for ev in self._sticky_events(sticky, session, prompt):
                         if isinstance(ev, TextDelta):
                             streamed.append(ev.text)
                         else:
@@ -140,6 +149,33 @@ class Turn:
             finally:
                 pool._slots.release()
                 self._has_slot = False
+
+    async def _sticky_events(
+        self, sticky: Sticky, session: Session, prompt: str
+    ) -> AsyncGenerator[TurnEvent, None]:
+        """Run the turn; a claude that died while idle is resumed (or rebuilt) and tried once."""
+        try:
+            async for ev in session.run_turn(prompt):
+                yield ev
+            return
+        except ClaudeExited as exc:
+            if exc.answered:
+                raise
+            log.warning("sticky claude %s was gone; resuming it", sticky.claude_id)
+        pool = self._pool
+        pool._busy.discard(session)
+        again = await pool._sticky_session(sticky, fresh=False)
+        if again is None:
+            prompt = render_prompt(self._request.messages)
+            again = await pool._sticky_session(sticky, fresh=True)
+            assert again is not None
+        pool._busy.add(again)
+        try:
+            async for ev in again.run_turn(prompt):
+                yield ev
+        finally:
+            pool._busy.discard(again)
+            pool._idle.set()
 
     async def _take_slot(self) -> None:
         pool = self._pool
@@ -172,6 +208,7 @@ class Pool:
         self._claude_error: str | None = None
         self._closing = False
         self._wake = asyncio.Event()
+        self._closed = asyncio.Event()  # set when close() starts; background loops end on it
         self._idle = asyncio.Event()  # set whenever a busy session is released
         self._warmed = asyncio.Event()  # set whenever a session becomes warm (or fails to)
         self._waiters: dict[SpawnSpec, int] = {}  # turns waiting for a starting session
@@ -203,6 +240,7 @@ class Pool:
     async def close(self, grace: float = 10.0) -> None:
         """Stop admitting, let running turns finish up to `grace`, interrupt the rest, kill all."""
         self._closing = True
+        self._closed.set()
         self._wake.set()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(grace):
@@ -420,7 +458,10 @@ class Pool:
     async def _reap_idle(self) -> None:
         idle = self.settings.sticky_idle_timeout
         while not self._closing:
-            await asyncio.sleep(min(60.0, max(0.5, idle / 4)))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closed.wait(), min(60.0, max(0.5, idle / 4)))
+            if self._closing:
+                return
             now = time.time()
             stale = [
                 s for s in self._sticky.values() if now - s.last_used > idle and not s.lock.locked()

@@ -31,6 +31,15 @@ from .transcript import TranscriptTail, TurnLog, config_dir, find_transcript
 
 log = logging.getLogger(__name__)
 
+
+class ClaudeExited(errors.ApiError):
+    """The claude process is gone. `answered` tells whether it had started on the prompt."""
+
+    def __init__(self, message: str, *, answered: bool) -> None:
+        super().__init__(message)
+        self.answered = answered
+
+
 State = Literal["starting", "ready", "busy", "dead"]
 POLL_INTERVAL = 0.1  # the screen is read at least this often while waiting
 MIN_POLL_GAP = 0.008  # and at most this often: a frame written in several chunks coalesces
@@ -183,8 +192,8 @@ class Session:
         If the consumer stops early (client gone), the `finally` interrupts claude so the
         session is usable again (or marks it dead).
         """
-        if self.state != "ready":
-            raise errors.ApiError(f"session {self.id} is {self.state}, not ready")
+        if self.state != "ready" or not self.alive:
+            raise ClaudeExited(f"session {self.id} is {self.state}, not ready", answered=False)
         self.state = "busy"
         self.turns += 1
         self.last_used = time.time()
@@ -227,7 +236,10 @@ class Session:
             now = time.monotonic()
             if self._eof or not self._driver.poll():
                 await self._die()
-                raise errors.ApiError("claude exited during the turn; the request was not answered")
+                raise ClaudeExited(
+                    "claude exited during the turn; the request was not answered",
+                    answered=started,
+                )
             st = tui.classify(snap)
             resp = tui.response(snap)
             if st.dialog is not None:
@@ -315,10 +327,14 @@ class Session:
         )
 
     async def _submit(self, keys: bytes) -> None:
-        self._driver.write(keys)
-        await self._driver.drain()
-        await asyncio.sleep(tui.ENTER_DELAY)
-        self._driver.write(tui.ENTER)
+        try:
+            self._driver.write(keys)
+            await self._driver.drain()
+            await asyncio.sleep(tui.ENTER_DELAY)
+            self._driver.write(tui.ENTER)
+        except OSError as exc:  # BrokenPipeError: it died between turns
+            await self._die()
+            raise ClaudeExited(f"claude exited before the prompt: {exc}", answered=False) from exc
 
     async def interrupt(self) -> None:
         """Stop the running turn with Esc and get back to an empty prompt, or mark dead."""

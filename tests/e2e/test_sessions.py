@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import signal
 import tempfile
@@ -191,3 +192,16 @@ async def test_idle_reaper_and_sticky_cap(upstream: FakeUpstream) -> None:
         async with client(r, "second") as c2:
             assert await chat(c2, [], "room now") == "echo: room now"
     upstream.clear()
+
+
+async def test_dead_sticky_claude_is_resumed(relay: Relay, up: FakeUpstream) -> None:
+    history: list[anthropic.types.MessageParam] = []
+    async with client(relay, "conv-crash") as c:
+        await chat(c, history, "before the crash")
+        async with aiohttp.ClientSession() as s, s.get(relay.url + "/v1/sessions") as r:
+            entry = next(x for x in (await r.json())["sessions"] if x["id"] == "conv-crash")
+        os.kill(entry["pid"], signal.SIGKILL)
+        assert await chat(c, history, "after the crash") == "echo: after the crash"
+    convo = roles_and_texts(up.main_requests[-1].body)
+    assert ("user", "before the crash") in convo
+    assert "conversation_history" not in json.dumps(up.main_requests[-1].body)
