@@ -205,3 +205,21 @@ async def test_dead_sticky_claude_is_resumed(relay: Relay, up: FakeUpstream) -> 
     convo = roles_and_texts(up.main_requests[-1].body)
     assert ("user", "before the crash") in convo
     assert "conversation_history" not in json.dumps(up.main_requests[-1].body)
+
+
+async def test_session_id_body_field_works_like_the_header(
+    sdk: anthropic.AsyncAnthropic, up: FakeUpstream
+) -> None:
+    history: list[anthropic.types.MessageParam] = []
+    for text in ("body one", "body two"):
+        history.append({"role": "user", "content": text})
+        msg = await sdk.messages.create(
+            model=MODEL, max_tokens=20, messages=history, extra_body={"session_id": "conv-body"}
+        )
+        assert msg.content[0].type == "text"
+        history.append({"role": "assistant", "content": msg.content[0].text})
+    assert roles_and_texts(up.main_requests[-1].body)[-3:] == [
+        ("user", "body one"),
+        ("assistant", "echo: body one"),
+        ("user", "body two"),
+    ]
