@@ -92,7 +92,7 @@ class Turn:
                     break
                 except ClaudeExited as exc:
                     # a warm claude that died unnoticed before taking the prompt: use another
-                    if exc.answered or attempt == 2:
+                    if exc.answered or attempt == 2 or pool._closing:
                         raise
                     pool._release(session)
                     session = None
@@ -159,7 +159,7 @@ class Turn:
                 yield ev
             return
         except ClaudeExited as exc:
-            if exc.answered:
+            if exc.answered or self._pool._closing:
                 raise
             log.warning("sticky claude %s was gone; resuming it", sticky.claude_id)
         pool = self._pool
