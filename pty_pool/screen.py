@@ -174,6 +174,7 @@ class ScreenReader:
         self._stream = pyte.ByteStream(self._screen)
         self._max_scrollback = max_scrollback
         self._mark = 0  # index into _screen.scrolled where snapshots start
+        self._last: Snapshot | None = None  # reused while nothing was fed (idle polls)
         self.seq = 0
         self.bytes_fed = 0
 
@@ -186,17 +187,25 @@ class ScreenReader:
             drop = len(scrolled) - self._max_scrollback
             del scrolled[:drop]
             self._mark = max(0, self._mark - drop)
+        self._last = None
 
     def mark(self) -> None:
         """Forget scrollback so far: later snapshots start with rows scrolled after this call."""
         self._mark = len(self._screen.scrolled)
+        self._last = None
 
     def snapshot(self) -> Snapshot:
+        """The current screen; the same object again while no bytes arrived and no mark moved,
+        so the ~100 ms idle polls of a waiting turn do not re-render 50 unchanged rows."""
+        last = self._last
+        if last is not None and last.seq == self.seq:
+            return last
         screen = self._screen
         rows = tuple(render_row(screen.buffer[y], self.columns) for y in range(self.lines))
-        return Snapshot(
+        self._last = Snapshot(
             scrollback=tuple(screen.scrolled[self._mark :]),
             rows=rows,
             title=str(screen.title or ""),
             seq=self.seq,
         )
+        return self._last
