@@ -16,14 +16,36 @@ from daemon import (
     POOL_KEY,
     STARTED_KEY,
     RelayPool,
+    mcp,
     routes_health,
     routes_messages,
+    routes_models,
+    routes_openai,
+    routes_ops,
     routes_sessions,
 )
+from daemon.auth import make_auth_middleware
 from daemon.config import Config
 from daemon.errors import make_error_middleware
+from daemon.license import (
+    LICENSE_KEY,
+    FixedLicense,
+    LicensedPool,
+    LicenseMonitor,
+    LicenseSource,
+    LicenseState,
+    license_lifetime,
+)
+from daemon.mcp import BROKER_KEY
+from daemon.metrics import METRICS_KEY, MeteredPool, Metrics, metrics_middleware
 from protocols import anthropic
+from pty_pool.broker import Broker
 from pty_pool.pool import Pool
+
+
+async def _mcp_lifetime(app: web.Application) -> AsyncIterator[None]:
+    async with mcp.serving(app[BROKER_KEY]):
+        yield
 
 
 async def _pool_lifetime(app: web.Application) -> AsyncIterator[None]:
@@ -44,20 +66,64 @@ async def _drain_pool(app: web.Application) -> None:
     await app[POOL_KEY].close(grace=app[CONFIG_KEY].shutdown_grace)
 
 
-def make_app(config: Config, *, pool: RelayPool | None = None) -> web.Application:
+def make_app(
+    config: Config,
+    *,
+    pool: RelayPool | None = None,
+    license_source: LicenseSource | None = None,
+) -> web.Application:
     app = web.Application(
         # Also bounds request.read(): a larger body raises 413, rendered as request_too_large.
         client_max_size=config.max_body_bytes,
         # Anthropic is the default envelope, also for unmatched routes; routes of other APIs
-        # mark themselves with daemon.errors.error_envelope.
-        middlewares=[make_error_middleware(anthropic.error_body)],
+        # mark themselves with daemon.errors.error_envelope. Metrics sit outside to see the
+        # final status; auth inside, so its 401 gets the envelope of the route asked for.
+        middlewares=[
+            metrics_middleware,
+            make_error_middleware(anthropic.error_body),
+            make_auth_middleware(config.key_list()),
+        ],
     )
     app[CONFIG_KEY] = config
-    app[POOL_KEY] = pool if pool is not None else Pool(config.pool_settings())
+    app[METRICS_KEY] = Metrics()
+    license = license_source
+    if license is None:
+        # A test pool has no claude to ask; the real pool gets a monitor of its claude's login.
+        license = (
+            LicenseMonitor.for_config(config)
+            if pool is None
+            else FixedLicense(LicenseState(config.claude_bin))
+        )
+    app[LICENSE_KEY] = license
+    # The broker serves requests' tools to each claude over MCP (daemon.mcp); a test pool has
+    # its own or none.
+    app[BROKER_KEY] = Broker()
+    inner = pool if pool is not None else Pool(config.pool_settings(), broker=app[BROKER_KEY])
+    # Routes see the pool through these wrappers: the license gate outside, metrics inside.
+    app[POOL_KEY] = LicensedPool(MeteredPool(inner, app[METRICS_KEY]), license)
     app[STARTED_KEY] = time.monotonic()
+    # MCP first: claudes spawned by the pool connect to it at startup, and it must outlive them.
+    app.cleanup_ctx.append(_mcp_lifetime)
     app.cleanup_ctx.append(_pool_lifetime)
+    if isinstance(license, LicenseMonitor):
+        app.cleanup_ctx.append(license_lifetime(license))
     app.on_shutdown.append(_drain_pool)
     routes_messages.add_routes(app)
     routes_health.add_routes(app)
     routes_sessions.add_routes(app)
+    routes_ops.add_routes(app)
+    routes_openai.add_routes(app)
+    routes_models.add_routes(app)
+    _add_unprefixed_routes(app)  # last, so that every module's routes are covered
     return app
+
+
+def _add_unprefixed_routes(app: web.Application) -> None:
+    """Serve every `/v1/...` route at `/...` too, for clients configured with a bare base URL
+    (an OpenAI client's base_url usually ends in /v1, an Anthropic one's does not). A path that
+    is already registered without the prefix keeps its own handler."""
+    taken = {(r.method, r.resource.canonical) for r in app.router.routes() if r.resource}
+    for route in list(app.router.routes()):
+        path = route.resource.canonical if route.resource else ""
+        if path.startswith("/v1/") and (route.method, path[3:]) not in taken:
+            app.router.add_route(route.method, path[3:], route.handler)

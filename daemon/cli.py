@@ -2,7 +2,8 @@
 
 `serve` builds the app (daemon.app) and runs it on an AppRunner with its own signal handling:
 the first SIGINT/SIGTERM stops accepting and drains the pool within `shutdown_grace`; a second one
-stops waiting, and the pool is still closed with no grace so no claude process outlives us.
+stops waiting, and the pool is still closed with no grace so no claude process outlives us. The
+operations commands (status, sessions, doctor, service) are carried out by daemon.cli_ops.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from pathlib import Path
 
 from aiohttp import web
 
-from daemon import POOL_KEY, RelayPool
+from daemon import POOL_KEY, RelayPool, cli_ops
 from daemon.app import make_app
+from daemon.auth import exposure_error
 from daemon.config import Config, ConfigError, load_config, resolve_config_file
 from daemon.logs import setup_logging
 
@@ -46,6 +48,21 @@ _FIELD_FLAGS = (
 )
 
 
+def _config_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="TOML config file (default: $CLAUDE_RELAY_CONFIG, else the user config dir)",
+    )
+
+
+def _client_options(parser: argparse.ArgumentParser) -> None:
+    _config_option(parser)
+    parser.add_argument("--url", help="daemon address (default: from the config)")
+    parser.add_argument("--api-key", help="API key (default: the first of the config's api_keys)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="claude-relay",
@@ -53,14 +70,43 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     serve = commands.add_parser("serve", help="run the relay daemon in the foreground")
-    serve.add_argument(
-        "--config",
-        type=Path,
-        metavar="FILE",
-        help="TOML config file (default: $CLAUDE_RELAY_CONFIG, else the user config dir)",
-    )
+    _config_option(serve)
     for flag, metavar, help_text in _FIELD_FLAGS:
         serve.add_argument(flag, metavar=metavar, help=help_text)
+
+    status = commands.add_parser("status", help="is the daemon running: pool, sessions, login")
+    _client_options(status)
+    status.add_argument("--json", action="store_true", help="print JSON")
+
+    sessions = commands.add_parser("sessions", help="list sticky sessions, or kill one")
+    _client_options(sessions)
+    sessions.add_argument("--json", action="store_true", help="print JSON")
+    sessions_cmd = sessions.add_subparsers(dest="sessions_command", metavar="ACTION")
+    kill = sessions_cmd.add_parser("kill", help="close a sticky session and its claude")
+    kill.add_argument("id", help="the session id")
+
+    doctor = commands.add_parser("doctor", help="check claude, its login, config, port, service")
+    _config_option(doctor)
+    doctor.add_argument("--json", action="store_true", help="print JSON")
+
+    svc = commands.add_parser("service", help="run the daemon as a systemd/launchd user service")
+    actions = svc.add_subparsers(dest="service_command", metavar="ACTION", required=True)
+    for name, help_text in (
+        ("install", "write the unit (Linux) or LaunchAgent (macOS), enable and start it"),
+        ("uninstall", "stop and disable the service and remove its file"),
+        ("status", "show whether the service is installed and running"),
+    ):
+        action = actions.add_parser(name, help=help_text)
+        _config_option(action)
+        action.add_argument(
+            "--platform",
+            choices=("linux", "macos"),
+            help="render for this platform (default: this machine's); with --dry-run only",
+        )
+        if name != "status":
+            action.add_argument(
+                "--dry-run", action="store_true", help="print the file and commands; change nothing"
+            )
     return parser
 
 
@@ -74,9 +120,11 @@ def _overrides(args: argparse.Namespace) -> dict[str, object]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command != "serve":
+    if args.command is None:
         parser.print_help(sys.stderr)
         return 2
+    if args.command != "serve":
+        return cli_ops.run(args)
     env = os.environ
     try:
         config = load_config(
@@ -86,6 +134,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     except ConfigError as exc:
         print(f"claude-relay: error: {exc}", file=sys.stderr)
+        return 2
+    if (refusal := exposure_error(config)) is not None:
+        print(f"claude-relay: error: {refusal}", file=sys.stderr)
         return 2
     setup_logging(config.log_level, config.log_format)
     return asyncio.run(serve(config))

@@ -61,11 +61,21 @@ class Config:
     max_retries: int = 2
     sticky_idle_timeout: float = 1800.0  # seconds an untouched sticky session stays alive
     max_sticky: int = 16  # live sticky sessions; beyond that new ids get 529 + retry-after
+    tool_result_timeout: float = 600.0  # seconds a parked tool call waits for its tool_result
+    agent_tools: str | None = None  # comma-separated claude built-in tools to enable (agent mode)
     ping_interval: float = 10.0  # idle seconds before an SSE ping keeps proxies from timing out
     shutdown_grace: float = 10.0
     log_level: LogLevel = "info"
     log_format: LogFormat = "text"
     max_body_bytes: int = 32 * 1024 * 1024
+    # Comma-separated keys clients must send (x-api-key or Authorization: Bearer); unset means no
+    # authentication, which is only allowed on a loopback address. Kept out of repr: a logged
+    # Config must not leak them.
+    api_keys: str | None = field(default=None, repr=False)
+    license_refresh_interval: float = 300.0  # seconds between background `claude auth status`
+
+    def key_list(self) -> tuple[str, ...]:
+        return tuple(k.strip() for k in (self.api_keys or "").split(",") if k.strip())
 
     def pool_settings(self) -> PoolSettings:
         return PoolSettings(
@@ -85,6 +95,8 @@ class Config:
             max_retries=self.max_retries,
             sticky_idle_timeout=self.sticky_idle_timeout,
             max_sticky=self.max_sticky,
+            tool_result_timeout=self.tool_result_timeout,
+            agent_tools=tuple(t.strip() for t in (self.agent_tools or "").split(",") if t.strip()),
         )
 
 
@@ -140,11 +152,15 @@ _SPECS: Final[dict[str, _Spec]] = {
     "max_retries": _Int(0, 100),
     "sticky_idle_timeout": _Float(0, lo_open=True),
     "max_sticky": _Int(1, 10000),
+    "tool_result_timeout": _Float(0, lo_open=True),
+    "agent_tools": _Str(optional=True),
     "ping_interval": _Float(0, lo_open=True),
     "shutdown_grace": _Float(0),
     "log_level": _Choice(("debug", "info", "warning", "error", "critical")),
     "log_format": _Choice(("text", "json")),
     "max_body_bytes": _Int(1024),
+    "api_keys": _Str(optional=True),
+    "license_refresh_interval": _Float(0, lo_open=True),
 }
 assert set(_SPECS) == {f.name for f in fields(Config)}, "every Config field needs a spec"
 

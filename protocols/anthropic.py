@@ -22,9 +22,12 @@ stop_sequences         enforced: list of strings, each with non-whitespace chara
 temperature, top_p     validated: number in [0, 1]; not applied (claude sets its own sampling)
 top_k                  validated: integer >= 0; not applied
 metadata               enforced: object with optional string `user_id`, nothing else
-tools                  enforced: absent, null or [] only -- tool use is not supported yet
-tool_choice            enforced: absent, null, {"type": "auto"} or {"type": "none"} only, which
-                       are no-ops without tools
+tools                  enforced: custom tools (name, description, input_schema as JSON Schema;
+                       `cache_control`, `strict`, `input_examples` accepted); names unique and at
+                       most 54 characters (claude adds `mcp__api__`); server tools rejected
+tool_choice            enforced: auto, none, any, or tool with `name` one of the tools;
+                       `disable_parallel_tool_use` validated (see docs/tools.md for how each is
+                       honoured)
 output_config          `effort` accepted and ignored; a non-null `format` (structured outputs) is
                        rejected, since ignoring it would silently break the client's contract
 session_id             claude-relay extension (the X-IR-Session-ID header wins): string, ignored
@@ -42,9 +45,11 @@ Messages: roles `user`/`assistant`; consecutive same-role messages are accepted 
 them; `protocols.render` does the same) and kept as sent in `TurnRequest.messages`. The first
 message may be `assistant` (the first-party API accepts that) and the final one may be `assistant`
 (prefill; it must not end with whitespace, as the API requires; it may be empty). `system`-role
-messages are rejected as not supported yet. Content is a string or a list of blocks; only `text`
-blocks (with `cache_control`/`citations` accepted and ignored) are supported; other API block
-types get a "not supported yet by claude-relay" 400, unknown types pydantic's tag error.
+messages are rejected as not supported yet. Content is a string or a list of blocks: `text`
+blocks (with `cache_control`/`citations` accepted and ignored), `tool_use` in assistant messages
+and `tool_result` (string or text-block content, `is_error`) in user messages, paired as the API
+requires (`protocols.tools.check_pairing`); other API block types get a "not supported yet by
+claude-relay" 400, unknown types pydantic's tag error.
 """
 
 from __future__ import annotations
@@ -55,8 +60,22 @@ from typing import Any, Final, NoReturn
 
 import orjson
 
+from protocols import tools as tool_rules
 from protocols.errors import InvalidRequestError, RelayError
-from protocols.model import Message, Role, TextBlock, TextDelta, TurnRequest, TurnResult, Usage
+from protocols.model import (
+    ContentBlock,
+    Message,
+    Role,
+    TextBlock,
+    TextDelta,
+    ToolChoice,
+    ToolResultBlock,
+    ToolSpec,
+    ToolUseBlock,
+    TurnRequest,
+    TurnResult,
+    Usage,
+)
 
 __all__ = [
     "MAX_SESSION_ID_LENGTH",
@@ -110,9 +129,10 @@ _IGNORED_FIELDS: Final = frozenset(
 )
 _ALLOWED_FIELDS: Final = _ENFORCED_FIELDS | _IGNORED_FIELDS
 
-# Valid API content block types the relay cannot translate yet; ordered as the SDK lists them so
-# the unknown-type message reads like the API's.
-_UNSUPPORTED_BLOCK_TYPES: Final = (
+# Every content block type of the API, ordered as the SDK lists them so the unknown-type message
+# reads like the API's; those the relay cannot translate yet get a clear "not supported yet".
+_KNOWN_BLOCK_TYPES: Final = (
+    "text",
     "image",
     "document",
     "search_result",
@@ -132,7 +152,9 @@ _UNSUPPORTED_BLOCK_TYPES: Final = (
     "mcp_tool_result",
     "compaction",
 )
-_KNOWN_BLOCK_TYPES: Final = ("text", *_UNSUPPORTED_BLOCK_TYPES)
+_UNSUPPORTED_BLOCK_TYPES: Final = tuple(
+    t for t in _KNOWN_BLOCK_TYPES if t not in ("text", "tool_use", "tool_result")
+)
 _TEXT_BLOCK_KEYS: Final = frozenset({"type", "text", "cache_control", "citations"})
 
 _MISSING: Final = object()
@@ -217,13 +239,66 @@ def _text_block(raw: object, path: str, *, tagged: bool) -> TextBlock:
     return TextBlock(_str(text, f"{fields}.text"))
 
 
-def _content(raw: object, path: str) -> tuple[TextBlock, ...]:
+# `caller` and `toolset_name` (API features the relay does not use) are accepted and ignored: the
+# SDK echoes them back, as null, when a client resends a reply's blocks.
+_TOOL_USE_KEYS: Final = frozenset(
+    {"type", "id", "name", "input", "cache_control", "caller", "toolset_name"}
+)
+_TOOL_RESULT_KEYS: Final = frozenset(
+    {"type", "tool_use_id", "content", "is_error", "cache_control", "toolset_name"}
+)
+
+
+def _tool_use_block(raw: dict[str, Any], path: str) -> ToolUseBlock:
+    _no_extras(raw, _TOOL_USE_KEYS, f"{path}.tool_use")
+    for key in ("id", "name", "input"):
+        if key not in raw:
+            _fail(f"{path}.tool_use.{key}", "Field required")
+    return ToolUseBlock(
+        id=tool_rules.check_tool_use_id(raw["id"], f"{path}.tool_use.id"),
+        # names in history are not offered to claude, so only the API's own rule applies
+        name=_str(raw["name"], f"{path}.tool_use.name"),
+        input=_object(raw["input"], f"{path}.tool_use.input"),
+    )
+
+
+def _tool_result_block(raw: dict[str, Any], path: str) -> ToolResultBlock:
+    where = f"{path}.tool_result"
+    _no_extras(raw, _TOOL_RESULT_KEYS, where)
+    if "tool_use_id" not in raw:
+        _fail(f"{where}.tool_use_id", "Field required")
+    tool_use_id = tool_rules.check_tool_use_id(raw["tool_use_id"], f"{where}.tool_use_id")
+    is_error = raw.get("is_error")
+    if is_error is not None and not isinstance(is_error, bool):
+        _fail(f"{where}.is_error", "Input should be a valid boolean")
+    content = raw.get("content")
+    parts: tuple[TextBlock, ...] = ()
+    if isinstance(content, str):
+        parts = (TextBlock(content),) if content else ()
+    elif isinstance(content, list):
+        parts = tuple(
+            _text_block(b, f"{where}.content.{j}", tagged=True) for j, b in enumerate(content)
+        )
+    elif content is not None:
+        _fail(f"{where}.content", "Input should be a valid string or a list of content blocks")
+    return ToolResultBlock(tool_use_id, parts, bool(is_error))
+
+
+def _block(raw: object, path: str) -> ContentBlock:
+    if isinstance(raw, dict) and raw.get("type") == "tool_use":
+        return _tool_use_block(raw, path)
+    if isinstance(raw, dict) and raw.get("type") == "tool_result":
+        return _tool_result_block(raw, path)
+    return _text_block(raw, path, tagged=True)
+
+
+def _content(raw: object, path: str) -> tuple[ContentBlock, ...]:
     if isinstance(raw, str):
         # The string form is shorthand for one text block; "" means no content at all.
         return (TextBlock(raw),) if raw else ()
     if not isinstance(raw, list):
         _fail(path, "Input should be a valid string or a list of content blocks")
-    return tuple(_text_block(b, f"{path}.{j}", tagged=True) for j, b in enumerate(raw))
+    return tuple(_block(b, f"{path}.{j}") for j, b in enumerate(raw))
 
 
 def _messages(raw: object) -> tuple[Message, ...]:
@@ -263,11 +338,14 @@ def _messages(raw: object) -> tuple[Message, ...]:
                 "all messages must have non-empty content except for the optional final "
                 "assistant message",
             )
+        last_block = len(blocks) - 1
         for j, block in enumerate(blocks):
+            if not isinstance(block, TextBlock):
+                continue
             param = f"{path}.content" if isinstance(content, str) else f"{path}.content.{j}.text"
             if not block.text:
                 _fail("messages", "text content blocks must be non-empty", param=param)
-            if final_assistant and j == len(blocks) - 1 and block.text != block.text.rstrip():
+            if final_assistant and j == last_block and block.text != block.text.rstrip():
                 # The API's rule; it also keeps the prefill an exact place to continue from.
                 _fail(
                     "messages",
@@ -281,7 +359,9 @@ def _messages(raw: object) -> tuple[Message, ...]:
         out.append(Message(checked_role, blocks))
     if not any(m.content for m in out):
         _fail("messages", "at least one message must have non-empty content")
-    return tuple(out)
+    messages = tuple(out)
+    tool_rules.check_pairing(messages)
+    return messages
 
 
 def _system(raw: object) -> str | None:
@@ -324,17 +404,66 @@ def _metadata_user_id(raw: object) -> str | None:
     return None if user_id is None else _str(user_id, "metadata.user_id")
 
 
-def _reject_tools(tools: object, tool_choice: object) -> None:
-    if tools is not None:
-        if not isinstance(tools, list):
-            _fail("tools", "Input should be a valid list")
-        if tools:
-            _fail("tools", "tools are not supported yet by claude-relay")
-    if tool_choice is not None:
-        choice = _object(tool_choice, "tool_choice")
-        # Without tools, "auto" and "none" change nothing; "any"/"tool" demand a tool call.
-        if choice.get("type") not in ("auto", "none"):
-            _fail("tool_choice", "tools are not supported yet by claude-relay")
+_TOOL_KEYS: Final = frozenset(
+    {"type", "name", "description", "input_schema", "cache_control", "strict", "input_examples"}
+)
+
+
+def _tools(raw: object) -> tuple[ToolSpec, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        _fail("tools", "Input should be a valid list")
+    out: list[ToolSpec] = []
+    for j, item in enumerate(raw):
+        path = f"tools.{j}"
+        tool = _object(item, path)
+        kind = tool.get("type")
+        if kind not in (None, "custom"):
+            _fail(
+                f"{path}.type",
+                f"server tools ({kind!r}) are not supported by claude-relay; "
+                "only custom tools with an input_schema",
+            )
+        _no_extras(tool, _TOOL_KEYS, path)
+        if "name" not in tool:
+            _fail(f"{path}.name", "Field required")
+        if "input_schema" not in tool:
+            _fail(f"{path}.input_schema", "Field required")
+        description = tool.get("description")
+        out.append(
+            ToolSpec(
+                name=tool_rules.check_name(tool["name"], f"{path}.name"),
+                description="" if description is None else _str(description, f"{path}.description"),
+                input_schema=tool_rules.check_schema(tool["input_schema"], f"{path}.input_schema"),
+            )
+        )
+    tool_rules.check_unique(out, "tools")
+    return tuple(out)
+
+
+def _tool_choice(raw: object, tools: tuple[ToolSpec, ...]) -> ToolChoice:
+    if raw is None:
+        return ToolChoice()
+    choice = _object(raw, "tool_choice")
+    kind = choice.get("type", _MISSING)
+    if kind is _MISSING:
+        _fail("tool_choice.type", "Field required")
+    if kind not in ("auto", "any", "tool", "none"):
+        _fail("tool_choice.type", "Input should be 'auto', 'any', 'tool' or 'none'")
+    allowed = {"type", "disable_parallel_tool_use"} | ({"name"} if kind == "tool" else set())
+    _no_extras(choice, frozenset(allowed), "tool_choice")
+    parallel = choice.get("disable_parallel_tool_use")
+    if parallel is not None and not isinstance(parallel, bool):
+        _fail("tool_choice.disable_parallel_tool_use", "Input should be a valid boolean")
+    name = None
+    if kind == "tool":
+        if "name" not in choice:
+            _fail("tool_choice.name", "Field required")
+        name = _str(choice["name"], "tool_choice.name")
+    result = ToolChoice(type=kind, name=name, disable_parallel=bool(parallel))
+    tool_rules.check_choice(result, tools, "tool_choice")
+    return result
 
 
 def _check_output_config(raw: object) -> None:
@@ -397,7 +526,8 @@ def decode_request(raw: bytes, *, session_header: str | None = None) -> TurnRequ
     top_k = body.get("top_k")
     top_k = None if top_k is None else _int(top_k, "top_k", ge=0)
     metadata_user_id = _metadata_user_id(body.get("metadata"))
-    _reject_tools(body.get("tools"), body.get("tool_choice"))
+    tools = _tools(body.get("tools"))
+    tool_choice = _tool_choice(body.get("tool_choice"), tools)
     _check_output_config(body.get("output_config"))
 
     body_session = body.get("session_id")
@@ -416,6 +546,8 @@ def decode_request(raw: bytes, *, session_header: str | None = None) -> TurnRequ
         top_k=top_k,
         metadata_user_id=metadata_user_id,
         session_id=_session_id(session_header) or _session_id(body_session),
+        tools=tools,
+        tool_choice=tool_choice,
     )
 
 
@@ -451,11 +583,20 @@ def encode_message(result: TurnResult, *, request_model: str, message_id: str) -
         "type": "message",
         "role": "assistant",
         "model": request_model,
-        "content": [{"type": "text", "text": b.text} for b in result.content if b.text],
+        "content": [
+            _block_json(b) for b in result.content if not isinstance(b, TextBlock) or b.text
+        ],
         "stop_reason": result.stop_reason,
         "stop_sequence": result.stop_sequence,
         "usage": _usage(result.usage, output_tokens=result.usage.output_tokens),
     }
+
+
+def _block_json(block: ContentBlock) -> dict[str, Any]:
+    if isinstance(block, ToolUseBlock):
+        return {"type": "tool_use", "id": block.id, "name": block.name, "input": block.input}
+    assert isinstance(block, TextBlock), block  # a reply holds only text and tool calls
+    return {"type": "text", "text": block.text}
 
 
 def error_body(err: RelayError, request_id: str | None = None) -> dict[str, Any]:
@@ -563,9 +704,14 @@ class StreamEncoder:
         final = result.text
         if len(final) > len(streamed) and final.startswith(streamed):
             out += self.delta(TextDelta(final[len(streamed) :]))
+        index = 0
         if self._block_open:
             out += sse_frame("content_block_stop", {"type": "content_block_stop", "index": 0})
             self._block_open = False
+            index = 1
+        for tool in result.tool_uses:
+            out += self._tool_block(tool, index)
+            index += 1
         out += sse_frame(
             "message_delta",
             {
@@ -577,6 +723,27 @@ class StreamEncoder:
         out += sse_frame("message_stop", {"type": "message_stop"})
         self._closed = True
         return out
+
+    @staticmethod
+    def _tool_block(tool: ToolUseBlock, index: int) -> bytes:
+        """A tool_use block as the API streams it: empty input at start, then the JSON."""
+        start = {"type": "tool_use", "id": tool.id, "name": tool.name, "input": {}}
+        partial = orjson.dumps(tool.input).decode()
+        return (
+            sse_frame(
+                "content_block_start",
+                {"type": "content_block_start", "index": index, "content_block": start},
+            )
+            + sse_frame(
+                "content_block_delta",
+                {
+                    "type": "content_block_delta",
+                    "index": index,
+                    "delta": {"type": "input_json_delta", "partial_json": partial},
+                },
+            )
+            + sse_frame("content_block_stop", {"type": "content_block_stop", "index": index})
+        )
 
     def ping(self) -> bytes:
         assert not self._closed, "ping() after finish()/error()"

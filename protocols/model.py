@@ -20,8 +20,49 @@ class TextBlock:
     text: str
 
 
-# Later issues add image, document, tool_use and tool_result blocks to this union.
-ContentBlock = TextBlock
+@dataclass(frozen=True, slots=True)
+class ImageBlock:
+    """Image bytes, already decoded and checked against `media_type` by the decoder."""
+
+    media_type: str  # image/png, image/jpeg, image/gif or image/webp
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentBlock:
+    """A document: PDF bytes (`data`) or plain text (`text`), with an optional title."""
+
+    media_type: str  # application/pdf or text/plain
+    data: bytes = b""
+    text: str | None = None
+    title: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ToolUseBlock:
+    """A tool call the model made: `id` is the upstream's `toolu_…` id, `input` its exact JSON."""
+
+    id: str
+    name: str  # the caller's tool name (claude's `mcp__<server>__` prefix removed)
+    input: dict[str, object]
+
+
+# What a tool result may carry back to the model (the API allows text and images, documents too).
+ToolResultContent = TextBlock | ImageBlock | DocumentBlock
+
+
+@dataclass(frozen=True, slots=True)
+class ToolResultBlock:
+    tool_use_id: str
+    content: tuple[ToolResultContent, ...] = ()
+    is_error: bool = False
+
+    @property
+    def text(self) -> str:
+        return "\n".join(b.text for b in self.content if isinstance(b, TextBlock))
+
+
+ContentBlock = TextBlock | ImageBlock | DocumentBlock | ToolUseBlock | ToolResultBlock
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,7 +72,27 @@ class Message:
 
     @property
     def text(self) -> str:
-        return "".join(b.text for b in self.content)
+        """The message's text blocks joined (other blocks contribute nothing)."""
+        return "".join(b.text for b in self.content if isinstance(b, TextBlock))
+
+
+@dataclass(frozen=True, slots=True)
+class ToolSpec:
+    """A tool the caller offers: served to claude over MCP with exactly these fields."""
+
+    name: str
+    description: str = ""
+    input_schema: dict[str, object] = field(default_factory=dict, hash=False)
+
+
+ToolChoiceType = Literal["auto", "any", "tool", "none"]
+
+
+@dataclass(frozen=True, slots=True)
+class ToolChoice:
+    type: ToolChoiceType = "auto"
+    name: str | None = None  # for type "tool"
+    disable_parallel: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +117,8 @@ class TurnRequest:
     top_k: int | None = None
     metadata_user_id: str | None = None
     session_id: str | None = None
+    tools: tuple[ToolSpec, ...] = ()
+    tool_choice: ToolChoice = field(default_factory=ToolChoice)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +158,11 @@ class TurnResult:
 
     @property
     def text(self) -> str:
-        return "".join(b.text for b in self.content)
+        return "".join(b.text for b in self.content if isinstance(b, TextBlock))
+
+    @property
+    def tool_uses(self) -> tuple[ToolUseBlock, ...]:
+        return tuple(b for b in self.content if isinstance(b, ToolUseBlock))
 
 
 TurnEvent = TextDelta | TurnResult

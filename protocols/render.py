@@ -18,6 +18,12 @@ verbatim, because rewriting `<` or `&` would change code and markup the model mu
 message that itself contains `</user>` can blur a boundary, which the model tolerates far better
 than mangled content.
 
+Tool exchanges (a conversation that used the caller's tools, replayed on a claude that did not
+make those calls): a `tool_use` block becomes `<tool_use id="…" name="…">{input JSON}</tool_use>`
+and a `tool_result` block `<tool_result tool_use_id="…">text</tool_result>` (with
+`is_error="true"` when set), in their places among the text; the preamble then says what the tags
+mean.
+
 Text joins: blocks within one message, and consecutive messages of the same role (which the API
 merges into one turn), are joined with a blank line ("\\n\\n"). The API keeps them as separate
 blocks; a blank line is the plain-text equivalent of a block boundary and never glues two words or
@@ -27,9 +33,10 @@ bytes.
 
 from __future__ import annotations
 
+import json
 from typing import Final
 
-from protocols.model import Message, Role
+from protocols.model import ContentBlock, Message, Role, TextBlock, ToolResultBlock, ToolUseBlock
 
 __all__ = ["BLOCK_SEPARATOR", "HISTORY_PREAMBLE", "PREFILL_INSTRUCTION", "render_prompt"]
 
@@ -48,12 +55,30 @@ PREFILL_INSTRUCTION: Final = (
 )
 
 
+TOOLS_NOTE: Final = (
+    "Tool calls you made appear as <tool_use> with their input, and what they returned as "
+    "<tool_result>."
+)
+
+
+def _block_text(block: ContentBlock) -> str:
+    if isinstance(block, TextBlock):
+        return block.text
+    if isinstance(block, ToolUseBlock):
+        args = json.dumps(block.input, ensure_ascii=False, separators=(",", ":"))
+        return f'<tool_use id="{block.id}" name="{block.name}">{args}</tool_use>'
+    if isinstance(block, ToolResultBlock):
+        error = ' is_error="true"' if block.is_error else ""
+        return f'<tool_result tool_use_id="{block.tool_use_id}"{error}>{block.text}</tool_result>'
+    return ""  # attachments are referenced by the caller of render_prompt, not inlined here
+
+
 def _merge(messages: tuple[Message, ...]) -> list[tuple[Role, str]]:
     """Collapse consecutive same-role messages into one turn each, ignoring messages with no text
     (an empty final assistant message is "no prefill", as in the API)."""
     turns: list[tuple[Role, list[str]]] = []
     for message in messages:
-        texts = [block.text for block in message.content if block.text]
+        texts = [t for t in map(_block_text, message.content) if t]
         if not texts:
             continue
         if turns and turns[-1][0] == message.role:
@@ -81,7 +106,10 @@ def render_prompt(messages: tuple[Message, ...]) -> str:
     parts: list[str] = []
     if history:
         rendered = "\n".join(f"<{role}>\n{text}\n</{role}>" for role, text in history)
-        parts.append(HISTORY_PREAMBLE)
+        tools = any(
+            isinstance(b, ToolUseBlock | ToolResultBlock) for m in messages for b in m.content
+        )
+        parts.append(f"{HISTORY_PREAMBLE} {TOOLS_NOTE}" if tools else HISTORY_PREAMBLE)
         parts.append(f"<conversation_history>\n{rendered}\n</conversation_history>")
     if question is not None:
         parts.append(question)

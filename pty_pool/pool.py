@@ -15,21 +15,67 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator, Coroutine
+from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Any
 
 from protocols import errors
-from protocols.model import SpawnSpec, TextDelta, TurnEvent, TurnRequest
+from protocols.model import (
+    DocumentBlock,
+    ImageBlock,
+    SpawnSpec,
+    TextBlock,
+    TextDelta,
+    ToolResultBlock,
+    TurnEvent,
+    TurnRequest,
+)
 from protocols.render import render_prompt
+from protocols.tools import trailing_results
 
+from .broker import Broker
 from .session import ClaudeExited, Session
 from .settings import PoolSettings
 from .spawn import find_claude, spawn_spec
-from .sticky import Sticky, StickyStore, digest
+from .sticky import Sticky, StickyStore, message_digest
 
 log = logging.getLogger(__name__)
 
 _SPAWN_BACKOFF_MAX = 30.0
+
+
+def _tool_results(req: TurnRequest) -> tuple[ToolResultBlock, ...]:
+    """The final message's tool results; its text blocks (the API allows text beside results)
+    ride along in the last result, since a parked claude can only receive tool results."""
+    last = req.messages[-1]
+    results = list(trailing_results(req.messages))
+    extra = tuple(b for b in last.content if isinstance(b, TextBlock) and b.text)
+    if results and extra:
+        results[-1] = replace(results[-1], content=results[-1].content + extra)
+    return tuple(results)
+
+
+def _refuse_attachments(req: TurnRequest) -> None:
+    """Images and documents cannot reach claude yet (docs/attachments.md): a clear 400 instead
+    of dropping them silently."""
+    for i, message in enumerate(req.messages):
+        for j, block in enumerate(message.content):
+            inner = block.content if isinstance(block, ToolResultBlock) else (block,)
+            if any(isinstance(b, ImageBlock | DocumentBlock) for b in inner):
+                raise errors.InvalidRequestError(
+                    f"messages.{i}.content.{j}: images and documents are not supported yet by "
+                    "claude-relay",
+                    param=f"messages.{i}.content.{j}",
+                )
+
+
+@dataclass(eq=False)
+class Parked:
+    """A claude waiting inside tool calls for the caller's next request."""
+
+    session: Session
+    sticky: Sticky | None
+    ids: tuple[str, ...]
 
 
 class Turn:
@@ -74,20 +120,30 @@ class Turn:
 
     async def _run(self) -> AsyncGenerator[TurnEvent, None]:
         pool = self._pool
-        if self._request.session_id is not None:
-            sticky = pool._sticky_entry(self._request.session_id)
+        req = self._request
+        _refuse_attachments(req)
+        if req.session_id is not None:
+            sticky = pool._sticky_entry(req.session_id)
             async for ev in self._run_sticky(sticky):
                 yield ev
             return
         await self._take_slot()
         session: Session | None = None
         try:
-            spec = spawn_spec(self._request.model, self._request.system, pool.settings)
-            prompt = render_prompt(self._request.messages)
+            # tool results for calls a claude is parked in: that claude answers (stateless
+            # clients resend the whole history, so the tool_use ids are the routing key)
+            session = pool._unpark(req, None)
+            if session is not None:
+                pool._busy.add(session)
+                async for ev in session.resume_turn(_tool_results(req)):
+                    yield ev
+                return
+            spec = spawn_spec(req.model, req.system, pool.settings)
+            prompt = render_prompt(req.messages)
             for attempt in (1, 2):
                 session = await pool._acquire(spec)
                 try:
-                    async for ev in session.run_turn(prompt):
+                    async for ev in session.run_turn(prompt, req.tools, req.tool_choice):
                         yield ev
                     break
                 except ClaudeExited as exc:
@@ -100,7 +156,10 @@ class Turn:
             pool._slots.release()
             self._has_slot = False
             if session is not None:
-                pool._release(session)
+                if session.state == "parked":
+                    pool._park(session, None)
+                else:
+                    pool._release(session)
 
     async def _run_sticky(self, sticky: Sticky) -> AsyncGenerator[TurnEvent, None]:
         """A turn on the claude that holds this id's conversation (per-id calls queue in order)."""
@@ -110,31 +169,40 @@ class Turn:
             await self._take_slot()
             try:
                 spec = spawn_spec(req.model, req.system, pool.settings)
-                known = sticky.extended_by(req.messages, spec)
-                session = None
-                if known is not None:
-                    prompt = render_prompt(req.messages[known:])
-                    session = await pool._sticky_session(sticky, fresh=False)
+                session = pool._unpark(req, sticky)
+                resume = session is not None
+                if session is None and (sticky.session is None or sticky.session.state != "parked"):
+                    known = sticky.extended_by(req.messages, spec)
+                    if known is not None:
+                        prompt = render_prompt(req.messages[known:])
+                        session = await pool._sticky_session(sticky, fresh=False)
                 if session is None:
-                    # first call, edited history, other spawn settings, or claude lost the
-                    # conversation: a fresh claude gets the whole history rendered
+                    # first call, edited history, other spawn settings, tool calls abandoned, or
+                    # claude lost the conversation: a fresh claude gets the whole history
                     prompt = render_prompt(req.messages)
                     sticky.spec = spec
                     session = await pool._sticky_session(sticky, fresh=True)
                     assert session is not None  # fresh=True raises rather than return None
                 streamed: list[str] = []
                 pool._busy.add(session)
+                events = (
+                    session.resume_turn(_tool_results(req))
+                    if resume
+                    else self._sticky_events(sticky, session, prompt)
+                )
                 try:
-                    async for ev in self._sticky_events(sticky, session, prompt):
+                    async for ev in events:
                         if isinstance(ev, TextDelta):
                             streamed.append(ev.text)
                         else:
-                            sticky.seen = [[digest(m.role, m.text)] for m in req.messages]
+                            sticky.seen = [
+                                [message_digest(m.role, m.text, m.content)] for m in req.messages
+                            ]
                             sticky.seen.append(
                                 sorted(
                                     {
-                                        digest("assistant", ev.text),
-                                        digest("assistant", "".join(streamed)),
+                                        message_digest("assistant", ev.text, ev.content),
+                                        message_digest("assistant", "".join(streamed), ev.content),
                                     }
                                 )
                             )
@@ -146,6 +214,8 @@ class Turn:
                     pool._busy.discard(session)
                     pool._idle.set()
                     sticky.last_used = time.time()
+                    if session is sticky.session and session.state == "parked":
+                        pool._park(session, sticky)
             finally:
                 pool._slots.release()
                 self._has_slot = False
@@ -154,8 +224,9 @@ class Turn:
         self, sticky: Sticky, session: Session, prompt: str
     ) -> AsyncGenerator[TurnEvent, None]:
         """Run the turn; a claude that died while idle is resumed (or rebuilt) and tried once."""
+        req = self._request
         try:
-            async for ev in session.run_turn(prompt):
+            async for ev in session.run_turn(prompt, req.tools, req.tool_choice):
                 yield ev
             return
         except ClaudeExited as exc:
@@ -171,7 +242,7 @@ class Turn:
             assert again is not None
         pool._busy.add(again)
         try:
-            async for ev in again.run_turn(prompt):
+            async for ev in again.run_turn(prompt, req.tools, req.tool_choice):
                 yield ev
         finally:
             pool._busy.discard(again)
@@ -195,8 +266,10 @@ class Turn:
 
 
 class Pool:
-    def __init__(self, settings: PoolSettings) -> None:
+    def __init__(self, settings: PoolSettings, broker: Broker | None = None) -> None:
         self.settings = settings
+        self.broker = broker  # serves requests' tools to claude; None: tools are refused
+        self._parked: dict[str, Parked] = {}  # tool_use id → the claude waiting in that call
         self._slots = asyncio.Semaphore(settings.max_busy)
         self._waiting = 0  # admitted turns not yet holding a slot
         self._warm: OrderedDict[SpawnSpec, list[Session]] = OrderedDict()
@@ -250,6 +323,8 @@ class Pool:
         sessions = list(self._busy) + [s for lst in self._warm.values() for s in lst]
         # sticky claudes stop too; their ids stay in the state file and resume after a restart
         sessions += [st.session for st in self._sticky.values() if st.session is not None]
+        sessions += [p.session for p in self._parked.values()]
+        self._parked.clear()
         sessions = list(dict.fromkeys(sessions))
         self._warm.clear()
         await asyncio.gather(*(s.close() for s in sessions), return_exceptions=True)
@@ -327,7 +402,7 @@ class Pool:
         if self._closing:
             raise errors.ServiceUnavailableError("claude-relay is shutting down")
         assert self._binary is not None
-        session = Session(spec, self.settings, self._binary)
+        session = Session(spec, self.settings, self._binary, broker=self.broker)
         self.spawned += 1
         self._busy.add(session)
         try:
@@ -375,7 +450,7 @@ class Pool:
         try:
             if self._backoff:
                 await asyncio.sleep(self._backoff)
-            session = Session(spec, self.settings, self._binary)
+            session = Session(spec, self.settings, self._binary, broker=self.broker)
             self.spawned += 1
             await session.start()
             self._backoff = 0.0
@@ -398,6 +473,68 @@ class Pool:
             self._warmed.set()
             if session is not None:
                 await session.close()
+
+    # --- parked tool calls ----------------------------------------------------------------------
+    def _park(self, session: Session, sticky: Sticky | None) -> None:
+        """Keep a claude that waits in tool calls until the results come (or time runs out)."""
+        self._busy.discard(session)
+        self._idle.set()
+        entry = Parked(session, sticky, session.parked_ids)
+        for tool_use_id in entry.ids:
+            self._parked[tool_use_id] = entry
+        self._spawn_task(self._expire(entry), "tool result timeout")
+
+    def _forget(self, entry: Parked) -> bool:
+        """Unregister `entry`; False when it was already gone (taken or expired)."""
+        found = False
+        for tool_use_id in entry.ids:
+            if self._parked.get(tool_use_id) is entry:
+                del self._parked[tool_use_id]
+                found = True
+        return found
+
+    def _unpark(self, req: TurnRequest, sticky: Sticky | None) -> Session | None:
+        """The parked claude whose calls `req`'s final message answers, taken out of the
+        registry; None when there is none (then the history is replayed on a fresh claude)."""
+        results = trailing_results(req.messages)
+        entry = next(
+            (self._parked[r.tool_use_id] for r in results if r.tool_use_id in self._parked), None
+        )
+        if entry is None or entry.sticky is not sticky:
+            return None
+        self._forget(entry)
+        answered = {r.tool_use_id for r in results}
+        session = entry.session
+        if not set(entry.ids) <= answered or not session.alive or session.state != "parked":
+            # it waits for a call this request does not answer: it can never finish
+            self._spawn_task(self._abandon(entry), "abandon tool calls")
+            return None
+        return session
+
+    async def _expire(self, entry: Parked) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._closed.wait(), self.settings.tool_result_timeout)
+        if self._forget(entry):
+            log.warning(
+                "no tool_result within %.0fs; cancelling the tool calls",
+                self.settings.tool_result_timeout,
+                extra={"session_id": entry.session.id, "pid": entry.session.pid},
+            )
+            await self._abandon(entry)
+
+    async def _abandon(self, entry: Parked) -> None:
+        """Cancel parked calls: Esc makes claude drop them and return to its prompt."""
+        session = entry.session
+        if entry.sticky is None:
+            await session.close()  # stateless: it would be disposed after the turn anyway
+            self._wake.set()
+            return
+        if entry.sticky.session is not session:
+            return  # already replaced by a fresh claude for this id
+        if session.state == "parked":
+            await session.interrupt()
+        # claude's conversation now ends in cancelled calls the client never saw: rebuild it
+        entry.sticky.seen = []
 
     # --- sticky sessions -------------------------------------------------------------------------
     def _sticky_entry(self, sid: str) -> Sticky:
@@ -438,6 +575,7 @@ class Pool:
             session_id=sticky.claude_id,
             resume=not fresh,
             ephemeral=False,
+            broker=self.broker,
         )
         self.spawned += 1
         try:
@@ -539,6 +677,7 @@ class Pool:
             "deaths": self.deaths,
             "sticky": len(sticky),
             "max_sticky": self.settings.max_sticky,
+            "parked": len({id(p) for p in self._parked.values()}),
         }
 
     @property

@@ -20,9 +20,19 @@ from pathlib import Path
 from typing import Literal
 
 from protocols import errors
-from protocols.model import SpawnSpec, TextBlock, TextDelta, TurnEvent, TurnResult
+from protocols.model import (
+    SpawnSpec,
+    TextBlock,
+    TextDelta,
+    ToolChoice,
+    ToolResultBlock,
+    ToolSpec,
+    TurnEvent,
+    TurnResult,
+)
 
 from . import tui
+from .broker import Broker, Channel, mcp_result
 from .driver import PtyDriver
 from .screen import ScreenReader, Snapshot
 from .settings import PoolSettings
@@ -40,7 +50,7 @@ class ClaudeExited(errors.ApiError):
         self.answered = answered
 
 
-State = Literal["starting", "ready", "busy", "dead"]
+State = Literal["starting", "ready", "busy", "parked", "dead"]
 POLL_INTERVAL = 0.1  # the screen is read at least this often while waiting
 MIN_POLL_GAP = 0.008  # and at most this often: a frame written in several chunks coalesces
 TRANSCRIPT_POLL = 0.01  # transcript poll interval once the screen shows the turn ended
@@ -49,6 +59,11 @@ TRANSCRIPT_GRACE = 3.0  # idle screen but no turn_duration yet: give the file th
 # dialog on v2.1.197: a paste sent then vanished); ready means ready *and* quiet this long.
 READY_QUIET = 0.25
 RESUBMIT_AFTER = 1.5  # no echo, not busy, empty input this long after a paste: it was lost
+TOOLS_LISTED_TIMEOUT = 5.0  # claude re-lists tools at once on list_changed (~10 ms measured)
+# ...but applies the new list a moment later: a prompt sent right after the re-list still went out
+# without the tools in 1 of 8 tries (v2.1.197); 50 ms sufficed in 12 of 12. There is no signal
+# to wait for, so this fixed settle is paid whenever a claude's tool set changes.
+TOOLS_SETTLE = 0.1
 
 
 class Session:
@@ -61,6 +76,7 @@ class Session:
         session_id: str | None = None,
         resume: bool = False,
         ephemeral: bool = True,
+        broker: Broker | None = None,
     ) -> None:
         self.spec = spec
         self.settings = settings
@@ -70,6 +86,7 @@ class Session:
         self.created = time.time()
         self.last_used = self.created
         self.turns = 0
+        self.parked_ids: tuple[str, ...] = ()  # tool calls claude waits in while `parked`
         self._binary = binary
         self._resume = resume
         self.on_death: Callable[[], None] | None = None  # the pool's wake-up when claude exits
@@ -79,8 +96,14 @@ class Session:
         self._cfg = config_dir(os.environ)
         self._tail = TranscriptTail()
         env = build_env(os.environ, settings)
+        self._broker = broker
+        # claude's own MCP connection: the caller's tools, and the calls it parks there
+        self.channel: Channel | None = None
+        if broker is not None and broker.url is not None:
+            self.channel = broker.open()
+        mcp_url = broker.endpoint(self.channel) if broker and self.channel else None
         self._driver = PtyDriver(
-            build_argv(binary, spec, self.id, resume=resume, settings=settings),
+            build_argv(binary, spec, self.id, resume=resume, settings=settings, mcp_url=mcp_url),
             env=env,
             cwd=str(settings.workspace),
             rows=settings.rows,
@@ -186,11 +209,18 @@ class Session:
         return find_transcript(self._cfg, self.id)
 
     # --- turns ---------------------------------------------------------------------------------
-    async def run_turn(self, prompt: str) -> AsyncIterator[TurnEvent]:
+    async def run_turn(
+        self,
+        prompt: str,
+        tools: tuple[ToolSpec, ...] = (),
+        tool_choice: ToolChoice | None = None,
+    ) -> AsyncIterator[TurnEvent]:
         """Paste `prompt`, stream deltas, end with the exact TurnResult or raise a RelayError.
 
-        If the consumer stops early (client gone), the `finally` interrupts claude so the
-        session is usable again (or marks it dead).
+        `tools` are served to claude for this turn. When the model calls them, the turn ends with
+        a `tool_use` result and the session is left `parked` (claude waits inside the call) until
+        `resume_turn` brings the results. If the consumer stops early (client gone), the
+        `finally` interrupts claude so the session is usable again (or marks it dead).
         """
         if self.state != "ready" or not self.alive:
             raise ClaudeExited(f"session {self.id} is {self.state}, not ready", answered=False)
@@ -199,39 +229,93 @@ class Session:
         self.last_used = time.time()
         finished = False
         try:
+            await self._offer_tools(tools, tool_choice or ToolChoice())
             async for ev in self._turn(prompt):
+                # the result is the end: a consumer that stops once it has it abandons nothing
+                finished = isinstance(ev, TurnResult)
                 yield ev
-            finished = True
         finally:
-            if not finished and self.state == "busy":
-                await self.interrupt()
-            if self.state == "busy":
-                self.state = "ready"
-            self.last_used = time.time()
+            await self._end_turn(finished)
+
+    async def resume_turn(self, results: tuple[ToolResultBlock, ...]) -> AsyncIterator[TurnEvent]:
+        """Answer the parked tool calls with `results`; yield the rest of the turn like run_turn."""
+        if self.state != "parked" or not self.alive or self.channel is None:
+            raise ClaudeExited(f"session {self.id} is {self.state}, not parked", answered=False)
+        self.state = "busy"
+        self.last_used = time.time()
+        self.parked_ids = ()
+        finished = False
+        try:
+            for block in results:
+                self.channel.answer(block.tool_use_id, mcp_result(block))
+            async for ev in self._watch(time.monotonic(), None, after_tools=True):
+                finished = isinstance(ev, TurnResult)
+                yield ev
+        finally:
+            await self._end_turn(finished)
+
+    async def _end_turn(self, finished: bool) -> None:
+        if not finished and self.state in ("busy", "parked"):
+            await self.interrupt()
+        if self.state == "busy":
+            self.state = "ready"
+        self.last_used = time.time()
+
+    async def _offer_tools(self, tools: tuple[ToolSpec, ...], choice: ToolChoice) -> None:
+        channel = self.channel
+        if channel is None:
+            if tools:
+                raise errors.ServiceUnavailableError(
+                    "tools: this claude-relay runs without its MCP endpoint, so tools are off"
+                )
+            return
+        channel.refuse = (
+            "Tool use is disabled for this request (tool_choice is none). "
+            "Answer without calling tools."
+            if choice.type == "none"
+            else None
+        )
+        if channel.set_tools(tools):
+            if not await channel.wait_listed(TOOLS_LISTED_TIMEOUT):
+                raise errors.ApiError(
+                    f"claude did not reload its tool list within {TOOLS_LISTED_TIMEOUT:.0f}s"
+                )
+            await asyncio.sleep(TOOLS_SETTLE)
 
     async def _turn(self, prompt: str) -> AsyncIterator[TurnEvent]:
-        settings = self.settings
         if self._tail.path is not None:
             await asyncio.to_thread(self._tail.read)  # catch up: only this turn's lines count
         self._screen.mark()
         keys = tui.paste_keys(tui.sanitize_prompt(prompt))
         t0 = time.monotonic()
         await self._submit(keys)
+        async for ev in self._watch(t0, keys, after_tools=False):
+            yield ev
+
+    async def _watch(
+        self, t0: float, keys: bytes | None, *, after_tools: bool
+    ) -> AsyncIterator[TurnEvent]:
+        """Follow claude from a submitted prompt (`keys`) or answered tool calls to the turn's end
+        (the transcript's turn_duration) or to tool calls it parked with the broker."""
+        settings = self.settings
         resubmitted = 0
         timings: dict[str, float] = {}
         turn_log = TurnLog()
         asm = tui.StreamAssembler(tui.text_width(settings.columns))
-        started = False
+        started = keys is None  # resumed: claude is already at work
         progress = ""
         progress_t = t0
         idle_since: float | None = None
         seq = -1
         last_read = 0.0
         looks_done = False
+        channel = self.channel
         while True:
             # once the screen says the turn is over, only the transcript is awaited: poll it
             # often (claude writes it ~130 ms after the reply ends) instead of waiting for output
-            snap = await self._next_snapshot(seq, TRANSCRIPT_POLL if looks_done else POLL_INTERVAL)
+            parked = channel is not None and bool(channel.parked)
+            wait = TRANSCRIPT_POLL if looks_done or parked else POLL_INTERVAL
+            snap = await self._next_snapshot(seq, wait)
             seq = snap.seq
             now = time.monotonic()
             if self._eof or not self._driver.poll():
@@ -241,7 +325,9 @@ class Session:
                     answered=started,
                 )
             st = tui.classify(snap)
-            resp = tui.response(snap)
+            # a refused call (tool_choice none) is answered inside the turn: the reply follows it
+            refused = channel is not None and channel.refuse is not None
+            resp = tui.response(snap, after_tools=after_tools or refused)
             if st.dialog is not None:
                 self._driver.write(tui.ESC)
                 raise _dialog_error(st)
@@ -260,13 +346,19 @@ class Session:
             looks_done = bool(started and not st.busy and (resp.completed or resp.error_text))
             if looks_done:
                 timings.setdefault("screen_done", now - t0)
-            if looks_done or now - last_read > 0.25 or resp.interrupted:
+            if looks_done or parked or now - last_read > 0.25 or resp.interrupted:
                 last_read = now
                 if self._tail.path is None:
                     self._tail.path = self._transcript_path()
                 turn_log.add(await asyncio.to_thread(self._tail.read))
                 if turn_log.prompt_seen:
                     started = True
+            if parked and channel is not None:
+                waiting = {c.tool_use_id for c in channel.parked}
+                # the whole assistant message is in the transcript: every tool_use of it is known
+                if waiting and waiting <= turn_log.tool_use_ids:
+                    break
+                progress_t = now  # a parked call is progress, not a stall
             if turn_log.done:
                 break
             if started and not st.busy and st.input_box:
@@ -276,20 +368,23 @@ class Session:
                     break
             else:
                 idle_since = None
-            if not started and not st.busy and now - t0 > RESUBMIT_AFTER * (resubmitted + 1):
-                if st.ready and resubmitted < 2:
-                    log.warning("prompt was not accepted; pasting again", extra=self._log_extra())
-                    await self._submit(keys)
-                    resubmitted += 1
-                    continue
-                if st.input_box and st.input_text and resubmitted < 2:
-                    self._driver.write(tui.ENTER)  # pasted but Enter was swallowed
-                    resubmitted += 1
-                    continue
-            if not started and now - t0 > 10.0 and not st.busy:
-                raise errors.ApiError(
-                    "claude did not accept the prompt; screen:\n" + _screen_text(snap)
-                )
+            if keys is not None and not started and not st.busy:
+                if now - t0 > RESUBMIT_AFTER * (resubmitted + 1):
+                    if st.ready and resubmitted < 2:
+                        log.warning(
+                            "prompt was not accepted; pasting again", extra=self._log_extra()
+                        )
+                        await self._submit(keys)
+                        resubmitted += 1
+                        continue
+                    if st.input_box and st.input_text and resubmitted < 2:
+                        self._driver.write(tui.ENTER)  # pasted but Enter was swallowed
+                        resubmitted += 1
+                        continue
+                if now - t0 > 10.0:
+                    raise errors.ApiError(
+                        "claude did not accept the prompt; screen:\n" + _screen_text(snap)
+                    )
             if started and st.busy and now - progress_t > settings.stall_timeout:
                 await self.interrupt()
                 raise errors.TimeoutError_(
@@ -309,13 +404,25 @@ class Session:
         if not turn_log.entries:
             # no transcript: fall back to what the screen showed (should not happen)
             text = tui.rows_text(
-                tui.response(self._screen.snapshot()).rows, tui.text_width(settings.columns)
+                tui.response(self._screen.snapshot(), after_tools=after_tools).rows,
+                tui.text_width(settings.columns),
             )
             blocks = (TextBlock(text),) if text else ()
             result = TurnResult(blocks, "end_turn", result.usage)
         rest = asm.finish(result.text)
         if rest:
             yield TextDelta(rest)
+        if result.tool_uses:
+            # claude waits inside the MCP call until resume_turn answers it
+            self.state = "parked"
+            self.parked_ids = tuple(t.id for t in result.tool_uses)
+            result = TurnResult(
+                result.content,
+                "tool_use",
+                result.usage,
+                model=result.model,
+                upstream_message_id=result.upstream_message_id,
+            )
         yield TurnResult(
             result.content,
             result.stop_reason,
@@ -364,13 +471,19 @@ class Session:
         await self._die()
 
     # --- end -----------------------------------------------------------------------------------
+    def _close_channel(self) -> None:
+        if self._broker is not None and self.channel is not None:
+            self._broker.close(self.channel)
+
     async def _die(self) -> None:
         self.state = "dead"
+        self._close_channel()
         await self._driver.terminate(grace=1.0)
 
     async def close(self) -> None:
         """Terminate claude (process group, reaped) and drop an ephemeral session's files."""
         self.state = "dead"
+        self._close_channel()
         await self._driver.terminate(grace=2.0)
         if self.ephemeral:
             path = self._tail.path or self._transcript_path()

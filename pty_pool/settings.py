@@ -25,6 +25,9 @@ class PoolSettings:
     max_retries: int = 2  # CLAUDE_CODE_MAX_RETRIES for the child
     sticky_idle_timeout: float = 1800.0  # an untouched sticky session is closed after this
     max_sticky: int = 16  # live sticky sessions at once; beyond that: 529 with retry-after
+    tool_result_timeout: float = 600.0  # a parked tool call without a result is cancelled after
+    agent_tools: tuple[str, ...] = ()  # claude built-in tools enabled and pre-allowed (agent mode)
+    mcp_url: str | None = None  # the daemon's MCP endpoint base, set once it listens
     state_file: Path | None = None  # sticky id → claude session map (default: next to workspace)
     extra_args: tuple[str, ...] = ()
     extra_env: tuple[tuple[str, str], ...] = field(default=())

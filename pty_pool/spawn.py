@@ -1,8 +1,9 @@
 """How a claude process is started: argv and environment for one `SpawnSpec` (pure).
 
-The flags make the interactive TUI a plain model endpoint: no built-in tools, no MCP servers but
-the relay's own (none yet), skills/slash commands off, no tips under the spinner, and a session id
-chosen by the relay so the transcript file is known in advance.
+The flags make the interactive TUI a plain model endpoint: no built-in tools (unless agent mode
+names some), no MCP servers but the relay's own (the caller's tools, pre-allowed), permission mode
+`dontAsk` so nothing can wait on a permission prompt, skills/slash commands off, no tips under
+the spinner, and a session id chosen by the relay so the transcript file is known in advance.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Mapping
 from protocols import errors
 from protocols.model import SpawnSpec, SystemMode
 
+from .broker import SERVER_NAME
 from .settings import PoolSettings
 
 # Placeholders clients send when they mean "whatever the relay uses by default".
@@ -51,17 +53,35 @@ def find_claude(claude_bin: str) -> str | None:
 
 
 def build_argv(
-    binary: str, spec: SpawnSpec, session_id: str, *, resume: bool, settings: PoolSettings
+    binary: str,
+    spec: SpawnSpec,
+    session_id: str,
+    *,
+    resume: bool,
+    settings: PoolSettings,
+    mcp_url: str | None = None,
 ) -> list[str]:
+    builtin = ",".join(settings.agent_tools)
+    allowed = list(settings.agent_tools)
     argv = [
         binary,
         "--tools",
-        "",
+        builtin,
         "--strict-mcp-config",
         "--disable-slash-commands",
+        # anything not allowed below is refused at once instead of asking: a permission prompt
+        # would hang the request
+        "--permission-mode",
+        "dontAsk",
         "--settings",
         json.dumps({"spinnerTipsEnabled": False}),
     ]
+    if mcp_url is not None:
+        server = {"type": "http", "url": mcp_url}
+        argv += ["--mcp-config", json.dumps({"mcpServers": {SERVER_NAME: server}})]
+        allowed.append(f"mcp__{SERVER_NAME}")
+    if allowed:
+        argv += ["--allowedTools", ",".join(allowed)]
     argv += ["--resume", session_id] if resume else ["--session-id", session_id]
     if spec.model:
         argv += ["--model", spec.model]
@@ -82,5 +102,10 @@ def build_env(base: Mapping[str, str], settings: PoolSettings) -> dict[str, str]
     # claude's default is 10 retries (~3 minutes for a persistent 500); a client waiting on
     # HTTP wants a bounded answer and can retry itself.
     env["CLAUDE_CODE_MAX_RETRIES"] = str(settings.max_retries)
+    # A parked tool call waits for the caller's next request; the relay cancels it itself after
+    # tool_result_timeout, so claude's own MCP timeouts must not fire first.
+    tool_ms = str(int((settings.tool_result_timeout + 60) * 1000))
+    env["MCP_TOOL_TIMEOUT"] = tool_ms
+    env["CLAUDE_CODE_MCP_TOOL_IDLE_TIMEOUT"] = tool_ms
     env.update(dict(settings.extra_env))
     return env

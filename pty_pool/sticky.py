@@ -21,7 +21,14 @@ from typing import Any
 
 import orjson
 
-from protocols.model import Message, SpawnSpec, SystemMode
+from protocols.model import (
+    ContentBlock,
+    Message,
+    SpawnSpec,
+    SystemMode,
+    ToolResultBlock,
+    ToolUseBlock,
+)
 
 from .session import Session
 
@@ -29,6 +36,18 @@ from .session import Session
 def digest(role: str, text: str) -> str:
     """Messages are remembered by digest only: the state file holds no conversation text."""
     return hashlib.sha256(f"{role}\0{text}".encode()).hexdigest()[:32]
+
+
+def _tool_key(block: ToolUseBlock | ToolResultBlock) -> str:
+    if isinstance(block, ToolUseBlock):
+        return "\0use\0" + block.id + "\0" + block.name + "\0" + orjson.dumps(block.input).decode()
+    return f"\0result\0{block.tool_use_id}\0{block.is_error}\0{block.text}"
+
+
+def message_digest(role: str, text: str, blocks: tuple[ContentBlock, ...] = ()) -> str:
+    """A message's digest: its text and its tool calls or results (plain text: `digest`)."""
+    tools = "".join(_tool_key(b) for b in blocks if isinstance(b, ToolUseBlock | ToolResultBlock))
+    return digest(role, text + tools)
 
 
 @dataclass
@@ -51,7 +70,7 @@ class Sticky:
         if not n or spec != self.spec or len(messages) <= n or messages[-1].role != "user":
             return None
         for accepted, msg in zip(self.seen, messages, strict=False):
-            if digest(msg.role, msg.text) not in accepted:
+            if message_digest(msg.role, msg.text, msg.content) not in accepted:
                 return None
         return n
 

@@ -17,7 +17,9 @@ from typing import Any
 import orjson
 
 from protocols import errors
-from protocols.model import StopReason, TextBlock, TurnResult, Usage
+from protocols.model import ContentBlock, StopReason, TextBlock, ToolUseBlock, TurnResult, Usage
+
+from .broker import caller_name
 
 _STOP_REASONS: frozenset[str] = frozenset(
     {"end_turn", "max_tokens", "stop_sequence", "tool_use", "pause_turn", "refusal"}
@@ -87,6 +89,9 @@ class TurnLog:
     prompt_seen: bool = False
     done: bool = False
     interrupted: bool = False
+    # entries up to this timestamp belong to a tool exchange already answered inside the turn (a
+    # refused call): only their usage counts toward the reply
+    boundary: str = ""
 
     def add(self, items: list[dict[str, Any]]) -> None:
         for e in items:
@@ -97,12 +102,28 @@ class TurnLog:
                 if INTERRUPTED_MARK in text:
                     self.interrupted = True
                     self.done = True
-                elif not e.get("isMeta") and not e.get("toolUseResult"):
+                elif "toolUseResult" in e or any(
+                    isinstance(b, dict) and b.get("type") == "tool_result"
+                    for b in (content if isinstance(content, list) else ())
+                ):
+                    self.boundary = max(self.boundary, str(e.get("timestamp") or ""))
+                elif not e.get("isMeta"):
                     self.prompt_seen = True
             elif kind == "assistant":
                 self.entries.append(e)
             elif kind == "system" and e.get("subtype") == "turn_duration":
                 self.done = True
+
+    @property
+    def tool_use_ids(self) -> set[str]:
+        """Ids of the tool_use blocks written so far (claude writes a message's blocks together,
+        when the upstream message is complete)."""
+        return {
+            str(b.get("id"))
+            for e in self.entries
+            for b in _content(e)
+            if b.get("type") == "tool_use"
+        }
 
     def error(self) -> errors.RelayError | None:
         for e in reversed(self.entries):
@@ -118,19 +139,35 @@ class TurnLog:
         second message; the client asked one question, so the texts are joined into one reply and
         the usage is summed over the requests claude made for it.
         """
-        msgs = [e for e in self.entries if not e.get("isApiErrorMessage")]
+        # claude (v2.1.197) may write a message's entries after a later message's (seen with a
+        # tool call answered inside the turn), but their timestamps keep the true order
+        msgs = sorted(
+            (e for e in self.entries if not e.get("isApiErrorMessage")),
+            key=lambda e: str(e.get("timestamp") or ""),
+        )
         if not msgs:
             return TurnResult((), "end_turn", Usage())
         text = ""
+        tools: list[ToolUseBlock] = []
         usage = Usage()
         seen_ids: set[str] = set()
         last_msg: dict[str, Any] = {}
         for e in msgs:
             msg = e.get("message", {})
             mid = str(msg.get("id"))
-            for block in _content(e):
+            in_segment = not self.boundary or str(e.get("timestamp") or "") > self.boundary
+            for block in _content(e) if in_segment else ():
                 if block.get("type") == "text":
                     text += str(block.get("text", ""))
+                elif block.get("type") == "tool_use":
+                    raw_input = block.get("input")
+                    tools.append(
+                        ToolUseBlock(
+                            id=str(block.get("id")),
+                            name=caller_name(str(block.get("name"))),
+                            input=raw_input if isinstance(raw_input, dict) else {},
+                        )
+                    )
             last_msg = msg
             if mid not in seen_ids:  # every entry of one message repeats the final usage
                 seen_ids.add(mid)
@@ -145,8 +182,9 @@ class TurnLog:
         stop_reason: StopReason = stop if stop in _STOP_REASONS else "end_turn"  # type: ignore[assignment]
         if self.interrupted:
             stop_reason = "end_turn"
+        content: tuple[ContentBlock, ...] = (TextBlock(text),) if text else ()
         return TurnResult(
-            content=(TextBlock(text),) if text else (),
+            content=content + tuple(tools),
             stop_reason=stop_reason,
             usage=usage,
             model=last_msg.get("model"),

@@ -16,6 +16,7 @@ from typing import Literal
 
 from wcwidth import wcswidth
 
+from .attachments import defuse_image_paths
 from .screen import Row, Snapshot
 
 CLI_VERSION_OBSERVED = "2.1.197"
@@ -42,11 +43,14 @@ def sanitize_prompt(text: str) -> str:
     - CR/CRLF → LF (claude does the same inside a paste), other C0 controls and ESC removed;
     - a leading `/` (slash command) or `!` (bash mode, runs even with --tools "") gets a leading
       space, which claude keeps in the prompt text;
-    - `@` starting a word gets a zero-width space after it so no file is attached.
+    - `@` starting a word gets a zero-width space after it so no file is attached;
+    - a piece of the paste that claude would take for an image path (`/home/me/x.png`, quoted
+      or not: claude reads that file and sends it upstream) gets a zero-width space after it.
     """
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     text = _C0.sub("", text)
     text = _AT_WORD.sub(lambda m: m.group(1) + "@" + _ZWSP, text)
+    text = defuse_image_paths(text)
     if text[:1] in ("/", "!"):
         text = " " + text
     return text
@@ -157,9 +161,14 @@ class Response:
     interrupted: bool  # `Interrupted · What should Claude do instead?`
     error_text: str | None  # `● API Error: …` / `⎿  …` error shown instead of a reply
     progress: str  # a key that changes whenever claude shows upstream progress
+    tool_rows: int = 0  # `Calling <server>…` / `Called <server>` rows (MCP tool calls)
 
 
 _BLOCK_START = "● "
+# An MCP tool call (v2.1.197): `  Calling api… (ctrl+o to expand)` while it runs, `  Called api 2
+# times (ctrl+o to expand)` after; `● ` instead of the indent when no text precedes it. Only the
+# server name is shown, never the tool, its input or its result.
+_TOOL_ROW = re.compile(r"^(?:● |  )Call(?:ing|ed) \S+(?: \d+ times)?…? \(ctrl\+o to expand\)$")
 _INDENT = "  "
 _ERROR_PREFIXES = ("API Error:",)
 _ERROR_HINTS = (
@@ -182,12 +191,15 @@ def _strip_row(row: Row, n: int) -> Row:
     return Row(row.text[n:], spans, max(0, row.width - n))
 
 
-def response(snap: Snapshot) -> Response:
+def response(snap: Snapshot, *, after_tools: bool = False) -> Response:
     """Find the reply to the most recent prompt in scrollback + screen.
 
     Layout (v2.1.197): the prompt is echoed at column 0 as `❯ text`; every model-authored row
     is indented by two columns, the first row of a block starts with `● `; structure at column
     0 is claude's own (spinner, `✻` completion line, rules, the input box).
+
+    Tool calls split a reply: `rows` is the text before the first tool row, or with
+    `after_tools` (a turn resumed with tool results) the text after the last one.
     """
     rows = snap.all_rows
     box = _input_box(snap.rows)
@@ -204,8 +216,17 @@ def response(snap: Snapshot) -> Response:
     interrupted = False
     error_text: str | None = None
     spinner = ""
+    tool_rows = 0
+    before_tools: list[Row] | None = None
     for row in body:
         t = row.text
+        if _TOOL_ROW.match(t):
+            tool_rows += 1
+            if before_tools is None:
+                before_tools = out
+            out = []
+            started = False
+            continue
         if t.startswith(_BLOCK_START):
             stripped = t[2:]
             if any(stripped.startswith(p) for p in _ERROR_PREFIXES):
@@ -237,11 +258,15 @@ def response(snap: Snapshot) -> Response:
             spinner = t
             if started:
                 started = False
+    if before_tools is not None and not after_tools:
+        out = before_tools
     while out and not out[-1].text:
         out.pop()
     tokens = _TOKENS.search(spinner)
-    progress = f"{len(out)}|{out[-1].text if out else ''}|{tokens.group(1) if tokens else ''}"
-    return Response(tuple(out), completed, interrupted, error_text, progress)
+    progress = (
+        f"{len(out)}|{out[-1].text if out else ''}|{tokens.group(1) if tokens else ''}|{tool_rows}"
+    )
+    return Response(tuple(out), completed, interrupted, error_text, progress, tool_rows)
 
 
 # --- rows → text -------------------------------------------------------------------------------

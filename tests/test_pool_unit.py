@@ -136,6 +136,7 @@ async def test_warm_sessions_and_stats(fake: FakeClaude) -> None:
         "deaths": 0,
         "sticky": 0,
         "max_sticky": 16,
+        "parked": 0,
     }
     assert pool.claude_error is None
     pids = fake.processes()

@@ -273,20 +273,63 @@ BAD_BODIES = [
             messages=[
                 user("Weather?"),
                 assistant([{"type": "tool_use", "id": "toolu_1", "name": "w", "input": {}}]),
-                user([text("here"), {"type": "tool_result", "tool_use_id": "toolu_1"}]),
+                user([text("here")]),
             ]
         ),
-        "messages.1.content.0: content blocks of type 'tool_use' are not supported yet by "
-        "claude-relay",
-        "messages.1.content.0",
-        id="tool-use",
+        "messages.2: `tool_use` ids were found without `tool_result` blocks immediately after: "
+        "toolu_1. Each `tool_use` block must have a corresponding `tool_result` block in the "
+        "next message.",
+        "messages.2",
+        id="tool-use-unanswered",
     ),
     pytest.param(
         body(messages=[user([text("here"), {"type": "tool_result", "tool_use_id": "t"}])]),
-        "messages.0.content.1: content blocks of type 'tool_result' are not supported yet by "
-        "claude-relay",
-        "messages.0.content.1",
-        id="tool-result",
+        "messages.0: unexpected `tool_use_id` found in `tool_result` blocks: t. Each "
+        "`tool_result` block must have a corresponding `tool_use` block in the previous message.",
+        "messages.0",
+        id="tool-result-stray",
+    ),
+    pytest.param(
+        body(
+            messages=[
+                user("Weather?"),
+                assistant([{"type": "tool_use", "id": "toolu_1", "name": "w", "input": {}}]),
+            ]
+        ),
+        "messages.1: the final assistant message cannot contain tool_use blocks: send the "
+        "tool_result blocks in a user message after it",
+        "messages.1",
+        id="tool-use-final",
+    ),
+    pytest.param(
+        body(messages=[user([{"type": "tool_use", "id": "t", "name": "w", "input": {}}])]),
+        "messages.0: tool_use blocks can only appear in assistant messages",
+        "messages.0",
+        id="tool-use-in-user",
+    ),
+    pytest.param(
+        body(
+            messages=[
+                user("Q"),
+                assistant([{"type": "tool_use", "id": "bad id", "name": "w", "input": {}}]),
+                user([{"type": "tool_result", "tool_use_id": "bad id"}]),
+            ]
+        ),
+        "messages.1.content.0.tool_use.id: String should match pattern '^[a-zA-Z0-9_-]+$'",
+        "messages.1.content.0.tool_use.id",
+        id="tool-use-id",
+    ),
+    pytest.param(
+        body(
+            messages=[
+                user("Q"),
+                assistant([{"type": "tool_use", "id": "t", "name": "w", "input": {}}]),
+                user([{"type": "tool_result", "tool_use_id": "t", "is_error": "yes"}]),
+            ]
+        ),
+        "messages.2.content.0.tool_result.is_error: Input should be a valid boolean",
+        "messages.2.content.0.tool_result.is_error",
+        id="tool-result-is-error",
     ),
     pytest.param(
         body(messages=[user("Q"), assistant([{"type": "thinking", "thinking": "hm"}])]),
@@ -438,22 +481,68 @@ BAD_BODIES = [
     ),
     # tools
     pytest.param(
-        body(tools=[{"name": "get_weather", "input_schema": {"type": "object"}}]),
-        "tools: tools are not supported yet by claude-relay",
+        body(tools=[{"name": "get weather", "input_schema": {"type": "object"}}]),
+        "tools.0.name: String should match pattern '^[a-zA-Z0-9_-]{1,64}$'",
+        "tools.0.name",
+        id="tool-name-pattern",
+    ),
+    pytest.param(
+        body(tools=[{"name": "n" * 55, "input_schema": {"type": "object"}}]),
+        "tools.0.name: tool names are limited to 54 characters by claude-relay: claude offers "
+        "them to the model as `mcp__api__<name>`, which must fit the API's 64",
+        "tools.0.name",
+        id="tool-name-length",
+    ),
+    pytest.param(
+        body(tools=[{"name": "w", "input_schema": {"type": "string"}}]),
+        "tools.0.input_schema.type: Input should be 'object'",
+        "tools.0.input_schema.type",
+        id="tool-schema-type",
+    ),
+    pytest.param(
+        body(tools=[{"name": "w", "input_schema": {"type": "object", "required": "city"}}]),
+        "tools.0.input_schema: JSON schema is invalid at required: 'city' is not of type 'array'",
+        "tools.0.input_schema",
+        id="tool-schema-invalid",
+    ),
+    pytest.param(
+        body(tools=[{"name": "w"}]),
+        "tools.0.input_schema: Field required",
+        "tools.0.input_schema",
+        id="tool-schema-missing",
+    ),
+    pytest.param(
+        body(
+            tools=[
+                {"name": "w", "input_schema": {"type": "object"}},
+                {"name": "w", "input_schema": {"type": "object"}},
+            ]
+        ),
+        "tools: Tool names must be unique: 'w' appears twice",
         "tools",
-        id="tools",
+        id="tool-duplicate",
+    ),
+    pytest.param(
+        body(tools=[{"type": "web_search_20250305", "name": "web_search"}]),
+        "tools.0.type: server tools ('web_search_20250305') are not supported by claude-relay; "
+        "only custom tools with an input_schema",
+        "tools.0.type",
+        id="server-tool",
     ),
     pytest.param(body(tools={}), "tools: Input should be a valid list", "tools", id="tools-object"),
     pytest.param(
         body(tool_choice={"type": "any"}),
-        "tool_choice: tools are not supported yet by claude-relay",
+        "tool_choice: tool_choice 'any' needs at least one tool in tools",
         "tool_choice",
         id="tool-choice-any",
     ),
     pytest.param(
-        body(tool_choice={"type": "tool", "name": "x"}),
-        "tool_choice: tools are not supported yet by claude-relay",
-        "tool_choice",
+        body(
+            tools=[{"name": "w", "input_schema": {"type": "object"}}],
+            tool_choice={"type": "tool", "name": "x"},
+        ),
+        "tool_choice.name: tool 'x' is not one of the tools offered",
+        "tool_choice.name",
         id="tool-choice-tool",
     ),
     pytest.param(

@@ -156,3 +156,23 @@ def test_progress_key_changes_while_streaming() -> None:
     rp = replay("prose")
     keys = {tui.response(s).progress for s in rp.snapshots[rp.header["ready_chunk"] :]}
     assert len(keys) > 5
+
+
+def test_tool_rows_split_the_reply() -> None:
+    """Parked in two MCP calls, claude shows `Calling api…`; resumed, the reply follows the
+    `Called api 2 times` row. Text before the calls and after them are separate replies."""
+    rp = replay("tools")
+    width = tui.text_width(rp.header["columns"])
+    expect = rp.header["expect"]
+    parked = rp.snapshots[rp.header["outcome"]["parked_at_chunk"] - 1]
+    at_park = tui.response(parked)
+    assert at_park.tool_rows == 1
+    assert tui.rows_text(at_park.rows, width) == expect["before_tools"]
+    assert tui.response(parked, after_tools=True).rows == ()
+    end = _until_turn_end(rp)
+    done = tui.response(end, after_tools=True)
+    assert tui.rows_text(done.rows, width) == expect["after_tools"]
+    assert tui.rows_text(tui.response(end).rows, width) == expect["before_tools"]
+    assert done.completed
+    # no tool row ever leaks into the streamed text
+    assert all("Call" not in d for d in rp.deltas)

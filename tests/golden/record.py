@@ -22,11 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from protocols.model import SpawnSpec
+from daemon.mcp import serving
+from protocols.model import SpawnSpec, TextBlock, ToolResultBlock, ToolSpec
+from pty_pool.broker import Broker
 from pty_pool.session import Session
 from pty_pool.settings import PoolSettings
 from tests.support.claude_env import child_env, claude_bin, make_home
-from tests.support.fake_upstream import FakeUpstream, Reply
+from tests.support.fake_upstream import FakeUpstream, Reply, ToolUse
 
 HERE = Path(__file__).parent
 
@@ -55,6 +57,11 @@ class Scenario:
     reply: Reply
     prompt: str = "Hello there"
     interrupt_after_delta: bool = False
+    # tools: the reply calls them; the turn parks, is resumed with `tool_answer`, and `after`
+    # is the model's final text
+    tools: tuple[ToolSpec, ...] = ()
+    tool_answer: str = ""
+    after: Reply | None = None
     env: dict[str, str] = field(default_factory=dict)
     expect: dict[str, Any] = field(default_factory=dict)
 
@@ -71,6 +78,31 @@ SCENARIOS = [
         Reply(text=PROSE, chunk_chars=8, delay=0.1),
         interrupt_after_delta=True,
         expect={"interrupted": True},
+    ),
+    Scenario(
+        "tools",
+        Reply(
+            text="Let me check the weather.",
+            tool_uses=(
+                ToolUse("mcp__api__get_weather", {"city": "Paris"}, "toolu_01A"),
+                ToolUse("mcp__api__get_weather", {"city": "Rome"}, "toolu_01B"),
+            ),
+            chunk_chars=6,
+            delay=0.02,
+        ),
+        tools=(
+            ToolSpec(
+                "get_weather",
+                "Current weather for a city.",
+                {"type": "object", "properties": {"city": {"type": "string"}}},
+            ),
+        ),
+        tool_answer="Sunny",
+        after=Reply(text="Both cities are sunny today.", chunk_chars=6, delay=0.02),
+        expect={
+            "before_tools": "Let me check the weather.",
+            "after_tools": "Both cities are sunny today.",
+        },
     ),
 ]
 
@@ -104,21 +136,32 @@ async def record(sc: Scenario, binary: str) -> None:
             settings.workspace.mkdir()
             # errors are retried by claude (max_retries=1 here): script every attempt
             up.push(*([sc.reply] * (3 if sc.reply.status != 200 else 1)))
-            s = Recorder(SpawnSpec(), settings, binary)
-            await s.start()
-            ready_at = len(s.chunks)
-            outcome: dict[str, Any] = {}
-            try:
-                async for _ev in s.run_turn(sc.prompt):
-                    outcome.setdefault("events", 0)
-                    outcome["events"] += 1
-                    if sc.interrupt_after_delta:
-                        break
-            except Exception as exc:  # recorded, the golden test checks the screen
-                outcome["error"] = f"{type(exc).__name__}: {exc}"
-            if sc.interrupt_after_delta:
-                await asyncio.sleep(0.5)
-            await s.close()
+            if sc.after is not None:
+                up.push(sc.after)
+            broker = Broker()
+            async with serving(broker):
+                s = Recorder(SpawnSpec(), settings, binary, broker=broker)
+                await s.start()
+                ready_at = len(s.chunks)
+                outcome: dict[str, Any] = {}
+                try:
+                    async for _ev in s.run_turn(sc.prompt, sc.tools):
+                        outcome.setdefault("events", 0)
+                        outcome["events"] += 1
+                        if sc.interrupt_after_delta:
+                            break
+                    if s.parked_ids:
+                        outcome["parked_at_chunk"] = len(s.chunks)
+                        answers = tuple(
+                            ToolResultBlock(i, (TextBlock(sc.tool_answer),)) for i in s.parked_ids
+                        )
+                        async for _ev in s.resume_turn(answers):
+                            outcome["events"] += 1
+                except Exception as exc:  # recorded, the golden test checks the screen
+                    outcome["error"] = f"{type(exc).__name__}: {exc}"
+                if sc.interrupt_after_delta:
+                    await asyncio.sleep(0.5)
+                await s.close()
             header = {
                 "cli_version": cli_version(binary),
                 "columns": settings.columns,

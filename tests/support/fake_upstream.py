@@ -59,6 +59,7 @@ __all__ = [
     "last_user_text",
     "main",
     "system_text",
+    "turn_images",
     "user_text",
 ]
 
@@ -290,6 +291,45 @@ def system_text(body: Mapping[str, Any]) -> str:
     return "\n".join(_texts(body.get("system"), into_tool_results=False))
 
 
+def turn_images(body: Mapping[str, Any]) -> list[tuple[str, bytes]]:
+    """(media_type, bytes) of every base64 image block of the current turn, in order.
+
+    The current turn is every user message after the last assistant message: claude sends an
+    image attached with `@path` in a user message of its own before the prompt's (v2.1.197).
+    Images inside tool_result blocks count too.
+    """
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        return []
+    start = 0
+    for i, message in enumerate(messages):
+        if isinstance(message, dict) and message.get("role") == "assistant":
+            start = i + 1
+    out: list[tuple[str, bytes]] = []
+
+    def collect(content: object) -> None:
+        if not isinstance(content, list):
+            return
+        for block in content:
+            if not isinstance(block, dict):
+                continue
+            if block.get("type") == "tool_result":
+                collect(block.get("content"))
+            source = block.get("source")
+            if (
+                block.get("type") == "image"
+                and isinstance(source, dict)
+                and source.get("type") == "base64"
+            ):
+                data = base64.b64decode(str(source.get("data", "")))
+                out.append((str(source.get("media_type", "")), data))
+
+    for message in messages[start:]:
+        if isinstance(message, dict) and message.get("role") == "user":
+            collect(message.get("content"))
+    return out
+
+
 def is_title_request(body: Mapping[str, Any]) -> bool:
     """Whether a Messages body is claude's session-title generation request.
 
@@ -366,6 +406,11 @@ class RecordedRequest:
     @property
     def system_text(self) -> str:
         return system_text(self.body)
+
+    @property
+    def images(self) -> list[tuple[str, bytes]]:
+        """(media_type, bytes) of the current turn's image blocks (see `turn_images`)."""
+        return turn_images(self.body)
 
 
 # --- wire format -----------------------------------------------------------------------------

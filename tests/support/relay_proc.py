@@ -78,6 +78,14 @@ class Relay:
                         return
                 await asyncio.sleep(0.05)  # polling a process over HTTP: no event to wait on
 
+    async def wait_up(self, timeout: float = 30.0) -> None:
+        async with asyncio.timeout(timeout):
+            while True:
+                with contextlib.suppress(aiohttp.ClientError):
+                    await self.health()
+                    return
+                await asyncio.sleep(0.05)  # polling a process over HTTP: no event to wait on
+
     async def stop(self, sig: int = signal.SIGTERM) -> int:
         if self.proc.returncode is None:
             self.proc.send_signal(sig)
@@ -90,9 +98,18 @@ class Relay:
 
 @contextlib.asynccontextmanager
 async def start_relay(
-    upstream: FakeUpstream, *args: str, home: Path | None = None, **env: str
+    upstream: FakeUpstream,
+    *args: str,
+    home: Path | None = None,
+    wait_warm: bool = True,
+    unset: tuple[str, ...] = (),
+    **env: str,
 ) -> AsyncIterator[Relay]:
-    """Start a daemon; with `home`, reuse that HOME (a restart) and leave it in place."""
+    """Start a daemon; with `home`, reuse that HOME (a restart) and leave it in place.
+
+    `wait_warm=False` returns once health answers instead of once a claude is warm (for daemons
+    whose claude cannot start); `unset` names environment variables the daemon must not get.
+    """
     tmp = Path(tempfile.mkdtemp(prefix="relay-e2e-"))
     if home is None:
         home = tmp / "home"
@@ -101,6 +118,8 @@ async def start_relay(
     e = child_env(home, upstream.url)
     e.update({f"CLAUDE_RELAY_{k.upper()}": v for k, v in env.items()})
     e["CLAUDE_RELAY_CLAUDE_BIN"] = shutil.which(claude_bin()) or claude_bin()
+    for name in unset:
+        e.pop(name, None)
     log_path = tmp / "daemon.log"
     with log_path.open("wb") as log:
         proc = await asyncio.create_subprocess_exec(
@@ -117,7 +136,7 @@ async def start_relay(
     workspace = home / ".local" / "state" / "claude-relay" / "workspace"
     relay = Relay(f"http://127.0.0.1:{port}", proc, home, workspace, log_path, e)
     try:
-        await relay.wait_warm(1)
+        await (relay.wait_warm(1) if wait_warm else relay.wait_up())
         yield relay
     finally:
         try:
