@@ -75,10 +75,10 @@ from protocols.model import (
     TurnRequest,
     TurnResult,
     Usage,
+    session_id,
 )
 
 __all__ = [
-    "MAX_SESSION_ID_LENGTH",
     "PING_FRAME",
     "SYSTEM_BLOCK_SEPARATOR",
     "StreamEncoder",
@@ -89,7 +89,6 @@ __all__ = [
     "sse_frame",
 ]
 
-MAX_SESSION_ID_LENGTH: Final = 128
 # Clients split `system` into blocks for cache breakpoints, not to start new sections, so the
 # blocks are glued back into one prompt with a plain line break.
 SYSTEM_BLOCK_SEPARATOR: Final = "\n"
@@ -474,18 +473,6 @@ def _check_output_config(raw: object) -> None:
         _fail("output_config.format", "structured outputs are not supported yet by claude-relay")
 
 
-def _session_id(value: object) -> str | None:
-    if (
-        isinstance(value, str)
-        and value.strip()
-        and len(value) <= MAX_SESSION_ID_LENGTH
-        # The id keys server-side state and shows up in logs; control characters never belong.
-        and value.isprintable()
-    ):
-        return value
-    return None
-
-
 def decode_request(raw: bytes, *, session_header: str | None = None) -> TurnRequest:
     """Parse and validate a POST /v1/messages body; raise `InvalidRequestError` on any problem."""
     try:
@@ -545,7 +532,7 @@ def decode_request(raw: bytes, *, session_header: str | None = None) -> TurnRequ
         top_p=top_p,
         top_k=top_k,
         metadata_user_id=metadata_user_id,
-        session_id=_session_id(session_header) or _session_id(body_session),
+        session_id=session_id(session_header, body_session),
         tools=tools,
         tool_choice=tool_choice,
     )

@@ -8,7 +8,7 @@ into a wire format. Everything here is a frozen value so it can cross task bound
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Final, Literal
 
 Role = Literal["user", "assistant"]
 SystemMode = Literal["append", "replace"]
@@ -102,6 +102,24 @@ class SpawnSpec:
     model: str | None = None
     system: str | None = None
     system_mode: SystemMode = "append"
+
+
+MAX_SESSION_ID_LENGTH: Final = 128
+
+
+def session_id(header: object, body: object) -> str | None:
+    """The sticky session id of a request, from the X-IR-Session-ID header or else the body's
+    `session_id` (a claude-relay extension in both API shapes). Ids key server-side state and
+    show up in logs, so only 1..128 printable characters count; anything else means stateless."""
+    for value in (header, body):
+        if (
+            isinstance(value, str)
+            and value.strip()
+            and len(value) <= MAX_SESSION_ID_LENGTH
+            and value.isprintable()
+        ):
+            return value
+    return None
 
 
 @dataclass(frozen=True, slots=True)

@@ -58,6 +58,7 @@ from protocols.model import (
     TurnRequest,
     TurnResult,
     Usage,
+    session_id,
 )
 from protocols.openai_messages import (
     TOOL_NAME,
@@ -83,7 +84,6 @@ __all__ = [
 
 # The neutral model needs a number; claude applies its own output limit whatever it is.
 DEFAULT_MAX_TOKENS: Final = 8192
-MAX_SESSION_ID_LENGTH: Final = 128
 MAX_STOP_SEQUENCES: Final = 4  # the API's limit for `stop`
 
 _ENFORCED: Final = frozenset(
@@ -242,18 +242,6 @@ def _checked_knobs(body: dict[str, Any]) -> tuple[int, float | None, float | Non
     return max_tokens, temperature, top_p, user
 
 
-def _session_id(value: object) -> str | None:
-    # Same rule as the Anthropic route: ids key server-side state and show up in logs.
-    if (
-        isinstance(value, str)
-        and value.strip()
-        and len(value) <= MAX_SESSION_ID_LENGTH
-        and value.isprintable()
-    ):
-        return value
-    return None
-
-
 @dataclass(frozen=True, slots=True)
 class ChatRequest:
     """A decoded request: the neutral turn plus what only the OpenAI encoders need.
@@ -329,7 +317,7 @@ def decode_request(
         temperature=temperature,
         top_p=top_p,
         metadata_user_id=user,
-        session_id=_session_id(session_header) or _session_id(body_session),
+        session_id=session_id(session_header, body_session),
         tools=tools,
         tool_choice=tool_choice,
     )
