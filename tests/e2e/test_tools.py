@@ -132,14 +132,8 @@ async def test_single_tool_round_trip(
     requests = up.main_requests
     assert len(requests) == 2
     follow = requests[1].body
-    assert tool_results(follow) == [
-        {
-            "tool_use_id": "toolu_01W",
-            "type": "tool_result",
-            "content": [{"type": "text", "text": "Sunny, 21°C"}],
-            "cache_control": {"type": "ephemeral"},
-        }
-    ] or [{k: v for k, v in r.items() if k != "cache_control"} for r in tool_results(follow)] == [
+    # claude may mark the block for caching; the rest is exactly the client's result
+    assert [{k: v for k, v in r.items() if k != "cache_control"} for r in tool_results(follow)] == [
         {
             "tool_use_id": "toolu_01W",
             "type": "tool_result",

@@ -1,0 +1,100 @@
+"""How a route consumes one turn, whatever the wire format: shared by /v1/messages and
+/v1/chat/completions so that client-gone handling, stop sequences and mid-stream errors behave
+the same on both. Routes supply only their encoder's frames.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterable, Callable
+from contextlib import aclosing
+
+from aiohttp import web
+
+from daemon import CONFIG_KEY, RelayPool
+from daemon.errors import request_info
+from daemon.sse import SSEWriter, client_gone, with_heartbeat
+from protocols import stops
+from protocols.errors import ApiError, RelayError
+from protocols.model import TurnEvent, TurnRequest, TurnResult
+
+log = logging.getLogger(__name__)
+
+
+class ClientGone(Exception):
+    """The client disconnected while a non-streamed turn ran; the handler answers 499."""
+
+
+def no_result() -> ApiError:
+    return ApiError("the turn ended without a result")
+
+
+def with_stops(turn: AsyncIterable[TurnEvent], req: TurnRequest) -> AsyncIterable[TurnEvent]:
+    """The turn's events with the request's stop sequences applied (claude cannot apply them)."""
+    if not req.stop_sequences:
+        return turn
+    return stops.apply(aiter(turn), req.stop_sequences)
+
+
+async def result_of(request: web.Request, pool: RelayPool, req: TurnRequest) -> TurnResult:
+    """Run a non-streamed turn to its result; raise `ClientGone` if the client leaves first.
+
+    Nothing is written while waiting, so a departed client is only noticed by polling on the
+    heartbeat tick; that keeps an abandoned turn from holding a slot until it finishes.
+    """
+    interval = request.app[CONFIG_KEY].ping_interval
+    result: TurnResult | None = None
+    async with (
+        pool.open_turn(req) as turn,
+        aclosing(with_heartbeat(with_stops(turn, req), interval)) as events,
+    ):
+        async for ev in events:
+            if ev is None:
+                if client_gone(request):
+                    log.info(
+                        "client left; abandoning turn",
+                        extra={"request_id": request_info(request).request_id},
+                    )
+                    raise ClientGone
+            elif isinstance(ev, TurnResult):
+                result = ev
+    if result is None:
+        raise no_result()
+    return result
+
+
+async def pump(
+    sse: SSEWriter,
+    turn: AsyncIterable[TurnEvent],
+    *,
+    frame: Callable[[TurnEvent], bytes],
+    closed: Callable[[], bool],
+    ping: Callable[[], bytes],
+) -> RelayError | None:
+    """Relay the turn's events as `frame(event)`s; return the error to report in-stream, if any.
+
+    `closed()` tells when the encoder has sent its last frame; events after that are read but
+    dropped, so the pool's iterator finishes its own bookkeeping instead of being abandoned.
+    """
+    interval = sse.request.app[CONFIG_KEY].ping_interval
+    ids = {"request_id": request_info(sse.request).request_id}
+    try:
+        async with aclosing(sse.relay(turn, ping=ping, interval=interval)) as events:
+            async for ev in events:
+                if closed():
+                    continue
+                data = frame(ev)
+                if data and not await sse.send(data):
+                    return None
+    except RelayError as err:
+        if closed():  # the client already has the whole message; nothing left to correct
+            log.warning("turn failed after its result: %s", err, extra=ids)
+            return None
+        return err
+    except Exception:
+        # The 200 is already committed; the middleware can no longer answer, so report here.
+        log.exception("stream failed", extra=ids)
+        return ApiError("internal error")
+    if not closed() and not sse.disconnected:
+        return no_result()
+    return None
