@@ -79,3 +79,6 @@ def setup_logging(level: str, fmt: str, *, stream: TextIO | None = None) -> None
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root.addHandler(handler)
     root.setLevel(level.upper())
+    # pypdf logs every recoverable flaw of a client's PDF as a warning; the relay still sends the
+    # text it could read, so those lines would only be noise in the daemon's log
+    logging.getLogger("pypdf").setLevel(logging.ERROR)

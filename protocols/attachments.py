@@ -16,11 +16,16 @@ from __future__ import annotations
 
 import base64
 import binascii
+import io
 import re
 import struct
+import warnings
 import zlib
 from dataclasses import dataclass
 from typing import Any, Final, NoReturn
+
+import pypdf
+import pypdf.errors
 
 from protocols.errors import InvalidRequestError, RequestTooLargeError
 from protocols.model import DocumentBlock, ImageBlock
@@ -39,6 +44,7 @@ __all__ = [
     "image_from_source",
     "image_size",
     "parse_data_url",
+    "pdf_text",
     "sniff",
 ]
 
@@ -308,6 +314,42 @@ def check_pdf(data: bytes, path: str) -> None:
         _fail(path, "the PDF is truncated: it has no %%EOF marker at its end")
 
 
+def pdf_text(data: bytes, path: str) -> str:
+    """The text layer of a PDF, page by page (`[page N]` lines between pages of a longer PDF).
+
+    claude v2.1.197 cannot pass a PDF on to the model (docs/attachments.md), so the relay sends
+    its text. A PDF without text (scanned pages) or one that cannot be opened is a 400, never an
+    empty document the model would answer about anyway.
+    """
+    check_pdf(data, path)
+    pages: list[str] = []
+    try:
+        # pypdf reports recoverable damage through `warnings` (and its logger, which the daemon
+        # quiets): the text is still the best reading available
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            reader = pypdf.PdfReader(io.BytesIO(data))
+            if reader.is_encrypted and not reader.decrypt(""):
+                _fail(path, "the PDF is encrypted with a password")
+            for page in reader.pages:
+                pages.append(page.extract_text().strip())
+    except InvalidRequestError:
+        raise
+    except (pypdf.errors.PyPdfError, ValueError, KeyError, TypeError, OSError) as exc:
+        _fail(path, f"the PDF could not be read: {exc}")
+    except Exception as exc:  # pypdf on hostile input: any failure is the document's, not ours
+        _fail(path, f"the PDF could not be read: {type(exc).__name__}")
+    if not any(pages):
+        _fail(
+            path,
+            "the PDF has no text layer (scanned pages?); claude-relay sends a PDF's text to the "
+            "model, so send the pages as images instead",
+        )
+    if len(pages) == 1:
+        return pages[0]
+    return "\n\n".join(f"[page {n}]\n{text}" for n, text in enumerate(pages, 1))
+
+
 # --- data: URLs --------------------------------------------------------------------------------
 
 
@@ -421,7 +463,8 @@ def document_from_source(
 ) -> tuple[DocumentBlock | ImageBlock, ...]:
     """The blocks of an Anthropic document block's `source`, in order; `path` names the source.
 
-    - `base64` (application/pdf): one DocumentBlock with the PDF bytes in `data`;
+    - `base64` (application/pdf): one DocumentBlock with the PDF bytes in `data` and their
+      extracted text in `text` (`pdf_text`);
     - `text` (text/plain): one DocumentBlock with `text`;
     - `content` (a string or text and image blocks): a DocumentBlock for each run of text blocks
       (joined with a blank line) and an ImageBlock for each image, in their order.
@@ -434,10 +477,10 @@ def document_from_source(
         if _required(obj, "media_type", path) != PDF_MEDIA_TYPE:
             _fail(f"{path}.media_type", f"Input should be '{PDF_MEDIA_TYPE}'")
         data = decode_base64(_required(obj, "data", path), f"{path}.data", budget)
-        check_pdf(data, f"{path}.data")
         if budget is not None:
             budget.add(len(data), f"{path}.data")
-        return (DocumentBlock(PDF_MEDIA_TYPE, data=data, title=title),)
+        extracted = pdf_text(data, f"{path}.data")
+        return (DocumentBlock(PDF_MEDIA_TYPE, data=data, text=extracted, title=title),)
     if kind == "text":
         _no_extras(obj, _BASE64_KEYS, path)
         if _required(obj, "media_type", path) != TEXT_MEDIA_TYPE:

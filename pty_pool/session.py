@@ -37,7 +37,7 @@ from .driver import PtyDriver
 from .screen import ScreenReader, Snapshot
 from .settings import PoolSettings
 from .spawn import build_argv, build_env
-from .transcript import TranscriptTail, TurnLog, config_dir, find_transcript
+from .transcript import TranscriptTail, TurnLog, config_dir, find_transcript, repair_order
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +147,8 @@ class Session:
     # --- start ---------------------------------------------------------------------------------
     async def start(self) -> None:
         """Spawn claude and wait until its prompt is ready. Raises RelayError with the screen."""
+        if self._resume:
+            await asyncio.to_thread(repair_order, self._transcript_path())
         try:
             await self._driver.start()
         except OSError as exc:

@@ -9,7 +9,9 @@ entry when a turn ends. Parsing is pure; `TranscriptTail` only remembers a file 
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,7 @@ _STOP_REASONS: frozenset[str] = frozenset(
     {"end_turn", "max_tokens", "stop_sequence", "tool_use", "pause_turn", "refusal"}
 )
 INTERRUPTED_MARK = "[Request interrupted by user"
+SYNTHETIC_MODEL = "<synthetic>"  # the `model` of entries claude writes itself
 
 
 def config_dir(env: dict[str, str] | os._Environ[str]) -> Path:
@@ -45,6 +48,82 @@ def find_transcript(cfg: Path, session_id: str) -> Path | None:
     except FileNotFoundError:
         return None
     return None
+
+
+def parent_first(lines: list[bytes]) -> list[bytes] | None:
+    """The transcript's lines with every entry after its parent, or None when already so.
+
+    claude (v2.1.197) can write a prompt's `user` entry after the reply's `assistant` entry (its
+    writes are queued). `claude --resume` without a `last-prompt` pointer takes the *last message
+    in file order* as the conversation's end, so such a file resumes at the prompt and the reply
+    is lost: claude sends the synthetic "No response requested." in its place (seen after a
+    SIGKILL of the daemon, about 1 restart in 10). Moving each entry after its parent restores
+    the order claude meant; no line is changed, added or dropped.
+    """
+    parsed: list[tuple[str | None, str | None]] = []
+    index: dict[str, int] = {}
+    for i, line in enumerate(lines):
+        uid: str | None = None
+        parent: str | None = None
+        try:
+            obj = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            obj = None
+        if isinstance(obj, dict) and isinstance(obj.get("uuid"), str):
+            uid = obj["uuid"]
+            parent = obj.get("parentUuid") if isinstance(obj.get("parentUuid"), str) else None
+            index.setdefault(uid, i)
+        parsed.append((uid, parent))
+    # each entry waits until its parent (when the file has it) is out, then follows it
+    waiting: dict[str, list[int]] = {}
+    emitted: set[str] = set()
+    out: list[bytes] = []
+
+    def emit(first: int) -> None:
+        stack = [first]  # iterative: a long chain of waiting entries must not hit recursion limits
+        while stack:
+            i = stack.pop()
+            out.append(lines[i])
+            uid = parsed[i][0]
+            if uid is not None:
+                emitted.add(uid)
+                stack.extend(reversed(waiting.pop(uid, [])))
+
+    for i, (_, parent) in enumerate(parsed):
+        if parent is not None and parent in index and parent not in emitted:
+            waiting.setdefault(parent, []).append(i)
+        else:
+            emit(i)
+    for rest in waiting.values():  # a parent cycle (claude reports those too): keep the lines
+        out.extend(lines[i] for i in rest)
+    return None if out == lines else out
+
+
+def repair_order(path: Path | None) -> bool:
+    """Rewrite `path` (atomically, 0600) so that each entry follows its parent; see
+    `parent_first`. Call only while no claude has the session open. Blocking: use a thread."""
+    if path is None:
+        return False
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return False
+    lines = data.split(b"\n")
+    tail = lines.pop()  # b"" after a final newline, else a torn last line, which stays last
+    fixed = parent_first(lines)
+    if fixed is None:
+        return False
+    body = b"".join(line + b"\n" for line in fixed) + tail
+    fd, tmp = tempfile.mkstemp(prefix=".relay-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(body)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return True
 
 
 @dataclass
@@ -110,6 +189,12 @@ class TurnLog:
                 elif not e.get("isMeta"):
                     self.prompt_seen = True
             elif kind == "assistant":
+                if e.get("message", {}).get("model") == SYNTHETIC_MODEL and not e.get(
+                    "isApiErrorMessage"
+                ):
+                    # claude's own filler ("No response requested." after a resume that lost
+                    # a reply), never the model's words
+                    continue
                 self.entries.append(e)
             elif kind == "system" and e.get("subtype") == "turn_duration":
                 self.done = True

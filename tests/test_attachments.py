@@ -276,7 +276,12 @@ def test_bad_image_sources(source: object, path: str, words: tuple[str, ...]) ->
 def test_document_sources() -> None:
     pdf = {"type": "base64", "media_type": "application/pdf", "data": b64(PDF)}
     assert att.document_from_source(pdf, SRC, title="Report") == (
-        DocumentBlock("application/pdf", data=PDF, title="Report"),
+        DocumentBlock(
+            "application/pdf",
+            data=PDF,
+            text="[page 1]\nfirst page\n\n[page 2]\nsecond page",
+            title="Report",
+        ),
     )
     text = {"type": "text", "media_type": "text/plain", "data": "hello\nworld"}
     assert att.document_from_source(text, SRC) == (
@@ -286,6 +291,16 @@ def test_document_sources() -> None:
     assert att.document_from_source(content, SRC, title="T") == (
         DocumentBlock("text/plain", text="just text", title="T"),
     )
+
+
+def test_pdf_text() -> None:
+    assert att.pdf_text(media.pdf("only page"), "d") == "only page"
+    with raises_400("d", "no text layer"):
+        att.pdf_text(media.pdf(""), "d")
+    with raises_400("d", "could not be read"):
+        att.pdf_text(b"%PDF-1.4\n" + bytes(range(256)) * 8 + b"\n%%EOF\n", "d")
+    with raises_400("d", "truncated"):
+        att.pdf_text(PDF[:-20], "d")
 
 
 def test_content_document_keeps_the_order_of_text_and_images() -> None:
