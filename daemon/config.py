@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import difflib
 import math
+import os
+import sys
+import tempfile
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -17,6 +20,7 @@ from typing import Final, Literal
 
 import platformdirs
 
+from protocols.attachments import AttachmentLimits
 from pty_pool.settings import PoolSettings
 
 APP_NAME: Final = "claude-relay"
@@ -39,6 +43,21 @@ def default_config_path() -> Path:
 
 def default_workspace() -> Path:
     return Path(platformdirs.user_state_dir(APP_NAME)) / "workspace"
+
+
+def default_attachments_dir() -> Path:
+    """The user's runtime dir (tmpfs on Linux, emptied at logout), else a per-user temp dir.
+
+    Not the state dir: on macOS that path has a space, and claude cannot attach a pasted path
+    with a space. `platformdirs.user_runtime_dir` is used on macOS only: on Linux without
+    `XDG_RUNTIME_DIR` it warns and picks a shared /tmp name.
+    """
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and Path(runtime).is_dir():
+        return Path(runtime) / APP_NAME / "attachments"
+    if sys.platform == "darwin":
+        return Path(platformdirs.user_runtime_dir(APP_NAME)) / "attachments"
+    return Path(tempfile.gettempdir()) / f"{APP_NAME}-{os.getuid()}" / "attachments"
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +87,10 @@ class Config:
     log_level: LogLevel = "info"
     log_format: LogFormat = "text"
     max_body_bytes: int = 32 * 1024 * 1024
+    attachments_dir: Path = field(default_factory=default_attachments_dir)
+    max_attachment_bytes: int = 10 * 1024 * 1024  # one image or PDF, decoded
+    max_attachments_bytes: int = 24 * 1024 * 1024  # all images and PDFs of one request
+    max_attachments: int = 100  # images and PDFs in one request
     # Comma-separated keys clients must send (x-api-key or Authorization: Bearer); unset means no
     # authentication, which is only allowed on a loopback address. Kept out of repr: a logged
     # Config must not leak them.
@@ -76,6 +99,13 @@ class Config:
 
     def key_list(self) -> tuple[str, ...]:
         return tuple(k.strip() for k in (self.api_keys or "").split(",") if k.strip())
+
+    def attachment_limits(self) -> AttachmentLimits:
+        return AttachmentLimits(
+            max_bytes=self.max_attachment_bytes,
+            max_total_bytes=self.max_attachments_bytes,
+            max_count=self.max_attachments,
+        )
 
     def pool_settings(self) -> PoolSettings:
         return PoolSettings(
@@ -97,6 +127,7 @@ class Config:
             max_sticky=self.max_sticky,
             tool_result_timeout=self.tool_result_timeout,
             agent_tools=tuple(t.strip() for t in (self.agent_tools or "").split(",") if t.strip()),
+            attachments_dir=self.attachments_dir,
         )
 
 
@@ -159,6 +190,10 @@ _SPECS: Final[dict[str, _Spec]] = {
     "log_level": _Choice(("debug", "info", "warning", "error", "critical")),
     "log_format": _Choice(("text", "json")),
     "max_body_bytes": _Int(1024),
+    "attachments_dir": _Path(),
+    "max_attachment_bytes": _Int(1),
+    "max_attachments_bytes": _Int(1),
+    "max_attachments": _Int(1),
     "api_keys": _Str(optional=True),
     "license_refresh_interval": _Float(0, lo_open=True),
 }

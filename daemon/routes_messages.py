@@ -12,7 +12,7 @@ import logging
 import orjson
 from aiohttp import web
 
-from daemon import POOL_KEY, RelayPool, turns
+from daemon import CONFIG_KEY, POOL_KEY, RelayPool, turns
 from daemon.errors import error_envelope, request_info
 from daemon.sse import SSEWriter
 from protocols import anthropic
@@ -29,8 +29,12 @@ async def post_messages(request: web.Request) -> web.StreamResponse:
     info = request_info(request)
     # Bounded by the app's client_max_size; a larger body raises 413, rendered by the middleware.
     body = await request.read()
-    turn_request = anthropic.decode_request(
-        body, session_header=request.headers.get(SESSION_HEADER)
+    turn_request = await turns.decode(
+        body,
+        anthropic.decode_request,
+        body,
+        session_header=request.headers.get(SESSION_HEADER),
+        attachment_limits=request.app[CONFIG_KEY].attachment_limits(),
     )
     info.model = turn_request.model
     info.stream = turn_request.stream

@@ -18,9 +18,10 @@ from typing import Any, Final
 import orjson
 from aiohttp import web
 
-from daemon import CONFIG_KEY
+from daemon import CONFIG_KEY, turns
 from daemon.errors import error_envelope
 from protocols import anthropic
+from protocols.attachments import AttachmentLimits, image_size
 from protocols.errors import InvalidRequestError, NotFoundError
 from protocols.model import (
     DocumentBlock,
@@ -136,6 +137,8 @@ async def get_model(request: web.Request) -> web.Response:
 BYTES_PER_TOKEN: Final = 4  # about what Claude's tokenizer averages on English text and code
 MESSAGE_OVERHEAD: Final = 4  # role and turn markers around each message
 IMAGE_TOKENS: Final = 1600  # the API's cost of an image at its largest size (about 1.15 MP)
+IMAGE_EDGE: Final = 1568
+IMAGE_PIXELS: Final = 1_150_000
 
 
 def _text_tokens(text: str) -> int:
@@ -150,7 +153,14 @@ def _block_tokens(block: object) -> int:
     if isinstance(block, TextBlock):
         return _text_tokens(block.text)
     if isinstance(block, ImageBlock):
-        return IMAGE_TOKENS
+        size = image_size(block.data, block.media_type)
+        if size is None:
+            return IMAGE_TOKENS
+        # the API's rule: about width × height / 750, after scaling the image down to at most
+        # 1568 px on its long edge and about 1.15 megapixels
+        w, h = size
+        scale = min(1.0, IMAGE_EDGE / max(w, h, 1), math.sqrt(IMAGE_PIXELS / max(w * h, 1)))
+        return max(1, math.ceil(w * scale * h * scale / 750))
     if isinstance(block, DocumentBlock):
         if block.text is not None:
             return _text_tokens(block.text)
@@ -172,7 +182,7 @@ def estimate_tokens(turn: TurnRequest) -> int:
     return total
 
 
-def decode_count_request(raw: bytes) -> TurnRequest:
+def decode_count_request(raw: bytes, limits: AttachmentLimits | None = None) -> TurnRequest:
     """A count_tokens body decoded like a Messages body, which differs only in lacking
     `max_tokens`; a value the client does send is validated as usual."""
     try:
@@ -181,12 +191,14 @@ def decode_count_request(raw: bytes) -> TurnRequest:
         return anthropic.decode_request(raw)  # reports the JSON error in the API's words
     if isinstance(body, dict) and "max_tokens" not in body:
         raw = orjson.dumps({**body, "max_tokens": 1})
-    return anthropic.decode_request(raw)
+    return anthropic.decode_request(raw, attachment_limits=limits)
 
 
 @error_envelope(anthropic.error_body)
 async def count_tokens(request: web.Request) -> web.Response:
-    turn = decode_count_request(await request.read())
+    raw = await request.read()
+    limits = request.app[CONFIG_KEY].attachment_limits()
+    turn = await turns.decode(raw, decode_count_request, raw, limits)
     body = {"input_tokens": estimate_tokens(turn)}
     return web.Response(body=orjson.dumps(body), content_type="application/json")
 

@@ -15,7 +15,7 @@ import time
 import orjson
 from aiohttp import web
 
-from daemon import POOL_KEY, RelayPool, turns
+from daemon import CONFIG_KEY, POOL_KEY, RelayPool, turns
 from daemon.errors import error_envelope, request_info
 from daemon.routes_messages import SESSION_HEADER
 from daemon.sse import SSEWriter
@@ -30,7 +30,13 @@ log = logging.getLogger(__name__)
 async def post_chat_completions(request: web.Request) -> web.StreamResponse:
     info = request_info(request)
     body = await request.read()  # bounded by client_max_size: larger bodies are a 413
-    chat = openai.decode_request(body, session_header=request.headers.get(SESSION_HEADER))
+    chat = await turns.decode(
+        body,
+        openai.decode_request,
+        body,
+        session_header=request.headers.get(SESSION_HEADER),
+        attachment_limits=request.app[CONFIG_KEY].attachment_limits(),
+    )
     info.model = chat.turn.model
     info.stream = chat.turn.stream
     log.debug("chat request: %r", chat, extra={"request_id": info.request_id})

@@ -5,9 +5,11 @@ the same on both. Routes supply only their encoder's frames.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterable, Callable
 from contextlib import aclosing
+from typing import ParamSpec, TypeVar
 
 from aiohttp import web
 
@@ -19,6 +21,20 @@ from protocols.errors import ApiError, RelayError
 from protocols.model import TurnEvent, TurnRequest, TurnResult
 
 log = logging.getLogger(__name__)
+
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+# Bodies above this are decoded in a thread: base64 images and PDF text extraction are CPU work
+# that would stall every other request's stream (a 10 MB PDF takes a while in pure Python).
+DECODE_IN_THREAD_BYTES = 256 * 1024
+
+
+async def decode(body: bytes, fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
+    """`fn(*args, **kwargs)`, a request decoder, off the event loop when `body` is large."""
+    if len(body) > DECODE_IN_THREAD_BYTES:
+        return await asyncio.to_thread(fn, *args, **kwargs)
+    return fn(*args, **kwargs)
 
 
 class ClientGone(Exception):

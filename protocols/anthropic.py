@@ -46,30 +46,38 @@ them; `protocols.render` does the same) and kept as sent in `TurnRequest.message
 message may be `assistant` (the first-party API accepts that) and the final one may be `assistant`
 (prefill; it must not end with whitespace, as the API requires; it may be empty). `system`-role
 messages are rejected as not supported yet. Content is a string or a list of blocks: `text`
-blocks (with `cache_control`/`citations` accepted and ignored), `tool_use` in assistant messages
-and `tool_result` (string or text-block content, `is_error`) in user messages, paired as the API
-requires (`protocols.tools.check_pairing`); other API block types get a "not supported yet by
-claude-relay" 400, unknown types pydantic's tag error.
+blocks (with `cache_control`/`citations` accepted and ignored), `image` (base64 PNG, JPEG, GIF,
+WebP) and `document` (base64 PDF, whose text is extracted; `text`; `content`) blocks in user
+messages, checked by `protocols.attachments` against one per-request budget (413 beyond it; URL
+and file sources are a 400: nothing is fetched), `tool_use` in assistant messages and
+`tool_result` (string or text, image and document content, `is_error`) in user messages, paired
+as the API requires (`protocols.tools.check_pairing`); other API block types get a "not supported
+yet by claude-relay" 400, unknown types pydantic's tag error.
 """
 
 from __future__ import annotations
 
 import secrets
 import string
+from dataclasses import replace
 from typing import Any, Final, NoReturn
 
 import orjson
 
+from protocols import attachments
 from protocols import tools as tool_rules
 from protocols.errors import InvalidRequestError, RelayError
 from protocols.model import (
     ContentBlock,
+    DocumentBlock,
+    ImageBlock,
     Message,
     Role,
     TextBlock,
     TextDelta,
     ToolChoice,
     ToolResultBlock,
+    ToolResultContent,
     ToolSpec,
     ToolUseBlock,
     TurnRequest,
@@ -152,7 +160,9 @@ _KNOWN_BLOCK_TYPES: Final = (
     "compaction",
 )
 _UNSUPPORTED_BLOCK_TYPES: Final = tuple(
-    t for t in _KNOWN_BLOCK_TYPES if t not in ("text", "tool_use", "tool_result")
+    t
+    for t in _KNOWN_BLOCK_TYPES
+    if t not in ("text", "image", "document", "tool_use", "tool_result")
 )
 _TEXT_BLOCK_KEYS: Final = frozenset({"type", "text", "cache_control", "citations"})
 
@@ -261,7 +271,48 @@ def _tool_use_block(raw: dict[str, Any], path: str) -> ToolUseBlock:
     )
 
 
-def _tool_result_block(raw: dict[str, Any], path: str) -> ToolResultBlock:
+_IMAGE_KEYS: Final = frozenset({"type", "source", "cache_control"})
+_DOCUMENT_KEYS: Final = frozenset(
+    {"type", "source", "title", "context", "citations", "cache_control"}
+)
+
+
+def _image_block(raw: dict[str, Any], path: str, budget: attachments.Budget) -> ImageBlock:
+    where = f"{path}.image"
+    _no_extras(raw, _IMAGE_KEYS, where)
+    if "source" not in raw:
+        _fail(f"{where}.source", "Field required")
+    return attachments.image_from_source(raw["source"], f"{where}.source", budget)
+
+
+def _document_blocks(
+    raw: dict[str, Any], path: str, budget: attachments.Budget
+) -> tuple[DocumentBlock | ImageBlock, ...]:
+    """A document's blocks: one text document, or a `content` document's texts and images."""
+    where = f"{path}.document"
+    _no_extras(raw, _DOCUMENT_KEYS, where)
+    if "source" not in raw:
+        _fail(f"{where}.source", "Field required")
+    title = raw.get("title")
+    if title is not None:
+        title = _str(title, f"{where}.title")
+    context = raw.get("context")
+    if context is not None:
+        context = _str(context, f"{where}.context")
+    blocks = attachments.document_from_source(
+        raw["source"], f"{where}.source", budget, title=title or None
+    )
+    if context:
+        first = next(i for i, b in enumerate(blocks) if isinstance(b, DocumentBlock))
+        doc = blocks[first]
+        assert isinstance(doc, DocumentBlock)
+        blocks = (*blocks[:first], replace(doc, context=context), *blocks[first + 1 :])
+    return blocks
+
+
+def _tool_result_block(
+    raw: dict[str, Any], path: str, budget: attachments.Budget
+) -> ToolResultBlock:
     where = f"{path}.tool_result"
     _no_extras(raw, _TOOL_RESULT_KEYS, where)
     if "tool_use_id" not in raw:
@@ -271,36 +322,54 @@ def _tool_result_block(raw: dict[str, Any], path: str) -> ToolResultBlock:
     if is_error is not None and not isinstance(is_error, bool):
         _fail(f"{where}.is_error", "Input should be a valid boolean")
     content = raw.get("content")
-    parts: tuple[TextBlock, ...] = ()
+    parts: tuple[ToolResultContent, ...] = ()
     if isinstance(content, str):
         parts = (TextBlock(content),) if content else ()
     elif isinstance(content, list):
         parts = tuple(
-            _text_block(b, f"{where}.content.{j}", tagged=True) for j, b in enumerate(content)
+            part
+            for j, b in enumerate(content)
+            for part in _attachment_or_text(b, f"{where}.content.{j}", budget)
         )
     elif content is not None:
         _fail(f"{where}.content", "Input should be a valid string or a list of content blocks")
     return ToolResultBlock(tool_use_id, parts, bool(is_error))
 
 
-def _block(raw: object, path: str) -> ContentBlock:
+def _attachment_or_text(
+    raw: object, path: str, budget: attachments.Budget
+) -> tuple[TextBlock | ImageBlock | DocumentBlock, ...]:
+    if isinstance(raw, dict) and raw.get("type") == "image":
+        return (_image_block(raw, path, budget),)
+    if isinstance(raw, dict) and raw.get("type") == "document":
+        return _document_blocks(raw, path, budget)
+    return (_text_block(raw, path, tagged=True),)
+
+
+def _blocks(raw: object, path: str, budget: attachments.Budget) -> tuple[ContentBlock, ...]:
+    """One client block as neutral blocks (a `content` document may give several)."""
     if isinstance(raw, dict) and raw.get("type") == "tool_use":
-        return _tool_use_block(raw, path)
+        return (_tool_use_block(raw, path),)
     if isinstance(raw, dict) and raw.get("type") == "tool_result":
-        return _tool_result_block(raw, path)
-    return _text_block(raw, path, tagged=True)
+        return (_tool_result_block(raw, path, budget),)
+    return _attachment_or_text(raw, path, budget)
 
 
-def _content(raw: object, path: str) -> tuple[ContentBlock, ...]:
+def _content(
+    raw: object, path: str, budget: attachments.Budget
+) -> tuple[tuple[int, ContentBlock], ...]:
+    """The blocks of a message's content, each with the index of the client block it came from."""
     if isinstance(raw, str):
         # The string form is shorthand for one text block; "" means no content at all.
-        return (TextBlock(raw),) if raw else ()
+        return ((0, TextBlock(raw)),) if raw else ()
     if not isinstance(raw, list):
         _fail(path, "Input should be a valid string or a list of content blocks")
-    return tuple(_block(b, f"{path}.{j}") for j, b in enumerate(raw))
+    return tuple(
+        (j, block) for j, b in enumerate(raw) for block in _blocks(b, f"{path}.{j}", budget)
+    )
 
 
-def _messages(raw: object) -> tuple[Message, ...]:
+def _messages(raw: object, budget: attachments.Budget) -> tuple[Message, ...]:
     if raw is _MISSING:
         _fail("messages", "Field required")
     if not isinstance(raw, list):
@@ -329,7 +398,8 @@ def _messages(raw: object) -> tuple[Message, ...]:
         content = item.get("content", _MISSING)
         if content is _MISSING:
             _fail(f"{path}.content", "Field required")
-        blocks = _content(content, f"{path}.content")
+        indexed = _content(content, f"{path}.content", budget)
+        blocks = tuple(block for _, block in indexed)
         final_assistant = i == last and checked_role == "assistant"
         if not blocks and not final_assistant:
             _fail(
@@ -338,13 +408,19 @@ def _messages(raw: object) -> tuple[Message, ...]:
                 "assistant message",
             )
         last_block = len(blocks) - 1
-        for j, block in enumerate(blocks):
+        for k, (j, block) in enumerate(indexed):
+            if checked_role == "assistant" and isinstance(block, ImageBlock | DocumentBlock):
+                # the API's rule: only the user sends images and documents
+                _fail(
+                    f"{path}.content.{j}",
+                    "images and documents are only allowed in user messages",
+                )
             if not isinstance(block, TextBlock):
                 continue
             param = f"{path}.content" if isinstance(content, str) else f"{path}.content.{j}.text"
             if not block.text:
                 _fail("messages", "text content blocks must be non-empty", param=param)
-            if final_assistant and j == last_block and block.text != block.text.rstrip():
+            if final_assistant and k == last_block and block.text != block.text.rstrip():
                 # The API's rule; it also keeps the prefill an exact place to continue from.
                 _fail(
                     "messages",
@@ -473,8 +549,14 @@ def _check_output_config(raw: object) -> None:
         _fail("output_config.format", "structured outputs are not supported yet by claude-relay")
 
 
-def decode_request(raw: bytes, *, session_header: str | None = None) -> TurnRequest:
-    """Parse and validate a POST /v1/messages body; raise `InvalidRequestError` on any problem."""
+def decode_request(
+    raw: bytes,
+    *,
+    session_header: str | None = None,
+    attachment_limits: attachments.AttachmentLimits | None = None,
+) -> TurnRequest:
+    """Parse and validate a POST /v1/messages body; raise `InvalidRequestError` on any problem
+    (`RequestTooLargeError` when its images and documents exceed `attachment_limits`)."""
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -497,7 +579,7 @@ def decode_request(raw: bytes, *, session_header: str | None = None) -> TurnRequ
         _fail("max_tokens", "Field required")
     max_tokens = _int(max_tokens, "max_tokens", ge=1)
 
-    messages = _messages(body.get("messages", _MISSING))
+    messages = _messages(body.get("messages", _MISSING), attachments.Budget(attachment_limits))
     # Optional fields from here on: a JSON null means "absent", as for the API's Optional fields.
     system = _system(body.get("system"))
     stop_sequences = _stop_sequences(body.get("stop_sequences"))

@@ -39,6 +39,7 @@ __all__ = [
     "check_image",
     "check_pdf",
     "decode_base64",
+    "document_from_data_url",
     "document_from_source",
     "image_from_data_url",
     "image_from_source",
@@ -393,6 +394,26 @@ def image_from_data_url(url: object, path: str, budget: Budget | None = None) ->
     if budget is not None:
         budget.add(len(data), path)
     return ImageBlock(media_type=media_type, data=data)
+
+
+def document_from_data_url(
+    url: object, path: str, budget: Budget | None = None, *, title: str | None = None
+) -> DocumentBlock:
+    """A `DocumentBlock` from a base64 `data:` URL of a PDF or a plain-text file (an OpenAI
+    `file.file_data`); a PDF's text is extracted (`pdf_text`)."""
+    declared, payload = parse_data_url(url, path)
+    data = decode_base64(payload, path, budget)
+    if declared == TEXT_MEDIA_TYPE:
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            _fail(path, "the text file is not valid UTF-8")
+        return DocumentBlock(TEXT_MEDIA_TYPE, text=text, title=title)
+    if declared not in (None, PDF_MEDIA_TYPE):
+        _fail(path, f"the file's media type should be '{PDF_MEDIA_TYPE}' or '{TEXT_MEDIA_TYPE}'")
+    if budget is not None:
+        budget.add(len(data), path)
+    return DocumentBlock(PDF_MEDIA_TYPE, data=data, text=pdf_text(data, path), title=title)
 
 
 # --- Anthropic `source` objects ----------------------------------------------------------------

@@ -34,8 +34,9 @@ class DocumentBlock:
 
     media_type: str  # application/pdf or text/plain
     data: bytes = b""
-    text: str | None = None
+    text: str | None = None  # a PDF's extracted text, or the plain text
     title: str | None = None
+    context: str | None = None  # the API's `context`: about the document, not part of it
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,7 +24,12 @@ from typing import Any, Final
 import orjson
 
 from protocols import openai_params as p
-from protocols.attachments import AttachmentLimits, Budget, image_from_data_url
+from protocols.attachments import (
+    AttachmentLimits,
+    Budget,
+    document_from_data_url,
+    image_from_data_url,
+)
 from protocols.errors import InvalidRequestError
 from protocols.model import (
     ContentBlock,
@@ -116,7 +121,29 @@ def _user_content(raw: object, param: str, budget: Budget) -> tuple[ContentBlock
             p.no_extras(image, frozenset({"url", "detail"}), f"{where}.image_url")
             url = p.required(image, "url", f"{where}.image_url")
             out.append(_image(url, f"{where}.image_url.url", budget))
-        elif kind in ("input_audio", "file"):
+        elif kind == "file":
+            p.no_extras(part, frozenset({"type", "file", "prompt_cache_breakpoint"}), where)
+            file = p.obj(p.required(part, "file", where), f"{where}.file")
+            p.no_extras(file, frozenset({"file_data", "filename", "file_id"}), f"{where}.file")
+            if "file_id" in file:
+                p.fail(
+                    f"Invalid '{where}.file.file_id': uploaded files are not available through "
+                    "claude-relay; send the file inline as file_data "
+                    "(data:application/pdf;base64,...).",
+                    f"{where}.file.file_id",
+                    "unsupported_value",
+                )
+            name = file.get("filename")
+            title = None if name is None else p.string(name, f"{where}.file.filename")
+            data_url = p.required(file, "file_data", f"{where}.file")
+            try:
+                out.append(
+                    document_from_data_url(data_url, f"{where}.file.file_data", budget, title=title)
+                )
+            except InvalidRequestError as err:
+                err.openai_code = err.openai_code or "invalid_value"
+                raise
+        elif kind == "input_audio":
             p.fail(
                 f"Invalid '{where}.type': content parts of type '{kind}' are not supported by "
                 "claude-relay.",

@@ -24,6 +24,10 @@ and a `tool_result` block `<tool_result tool_use_id="…">text</tool_result>` (w
 `is_error="true"` when set), in their places among the text; the preamble then says what the tags
 mean.
 
+Attachments: a text or PDF document becomes `<document title="…">\ntext\n</document>` where the
+block stands (a PDF's text was extracted by the decoder); an image stays an `ImageBlock` part of
+`render_parts`, where the session attaches it. `render_prompt` is the text-only form.
+
 Text joins: blocks within one message, and consecutive messages of the same role (which the API
 merges into one turn), are joined with a blank line ("\\n\\n"). The API keeps them as separate
 blocks; a blank line is the plain-text equivalent of a block boundary and never glues two words or
@@ -33,12 +37,29 @@ bytes.
 
 from __future__ import annotations
 
+import html
 import json
 from typing import Final
 
-from protocols.model import ContentBlock, Message, Role, TextBlock, ToolResultBlock, ToolUseBlock
+from protocols.model import (
+    ContentBlock,
+    DocumentBlock,
+    ImageBlock,
+    Message,
+    Role,
+    TextBlock,
+    ToolResultBlock,
+    ToolUseBlock,
+)
 
-__all__ = ["BLOCK_SEPARATOR", "HISTORY_PREAMBLE", "PREFILL_INSTRUCTION", "render_prompt"]
+__all__ = [
+    "BLOCK_SEPARATOR",
+    "HISTORY_PREAMBLE",
+    "PREFILL_INSTRUCTION",
+    "PromptPart",
+    "render_parts",
+    "render_prompt",
+]
 
 BLOCK_SEPARATOR: Final = "\n\n"
 
@@ -60,60 +81,101 @@ TOOLS_NOTE: Final = (
     "<tool_result>."
 )
 
+# A prompt is text with images where the client put them: strings and images alternate.
+PromptPart = str | ImageBlock
+_Parts = list[PromptPart]
 
-def _block_text(block: ContentBlock) -> str:
+
+def _join(groups: list[_Parts], sep: str) -> _Parts:
+    """Concatenate non-empty groups with `sep` between them; adjacent strings merge and empty
+    strings vanish, so strings and images alternate."""
+    out: _Parts = []
+    for n, group in enumerate(g for g in groups if g):
+        for part in [sep, *group] if n else group:
+            if isinstance(part, str) and out and isinstance(out[-1], str):
+                out[-1] += part
+            elif part != "":
+                out.append(part)
+    return out
+
+
+def _document_text(block: DocumentBlock) -> str:
+    attrs = "".join(
+        f' {name}="{html.escape(value)}"'
+        for name, value in (("title", block.title), ("context", block.context))
+        if value
+    )
+    return f"<document{attrs}>\n{block.text or ''}\n</document>"
+
+
+def _block_parts(block: ContentBlock) -> _Parts:
     if isinstance(block, TextBlock):
-        return block.text
+        return [block.text]
+    if isinstance(block, ImageBlock):
+        return [block]
+    if isinstance(block, DocumentBlock):
+        return [_document_text(block)]
     if isinstance(block, ToolUseBlock):
         args = json.dumps(block.input, ensure_ascii=False, separators=(",", ":"))
-        return f'<tool_use id="{block.id}" name="{block.name}">{args}</tool_use>'
-    if isinstance(block, ToolResultBlock):
-        error = ' is_error="true"' if block.is_error else ""
-        return f'<tool_result tool_use_id="{block.tool_use_id}"{error}>{block.text}</tool_result>'
-    return ""  # attachments are referenced by the caller of render_prompt, not inlined here
+        return [f'<tool_use id="{block.id}" name="{block.name}">{args}</tool_use>']
+    error = ' is_error="true"' if block.is_error else ""
+    inner = _join([_block_parts(b) for b in block.content], "\n")
+    return _join(
+        [[f'<tool_result tool_use_id="{block.tool_use_id}"{error}>', *inner, "</tool_result>"]], ""
+    )
 
 
-def _merge(messages: tuple[Message, ...]) -> list[tuple[Role, str]]:
-    """Collapse consecutive same-role messages into one turn each, ignoring messages with no text
-    (an empty final assistant message is "no prefill", as in the API)."""
-    turns: list[tuple[Role, list[str]]] = []
+def _merge(messages: tuple[Message, ...]) -> list[tuple[Role, _Parts]]:
+    """Collapse consecutive same-role messages into one turn each, ignoring messages with no
+    content (an empty final assistant message is "no prefill", as in the API)."""
+    turns: list[tuple[Role, list[_Parts]]] = []
     for message in messages:
-        texts = [t for t in map(_block_text, message.content) if t]
-        if not texts:
+        blocks = [p for p in map(_block_parts, message.content) if _join([p], "")]
+        if not blocks:
             continue
         if turns and turns[-1][0] == message.role:
-            turns[-1][1].extend(texts)
+            turns[-1][1].extend(blocks)
         else:
-            turns.append((message.role, texts))
-    return [(role, BLOCK_SEPARATOR.join(texts)) for role, texts in turns]
+            turns.append((message.role, blocks))
+    return [(role, _join(blocks, BLOCK_SEPARATOR)) for role, blocks in turns]
 
 
-def render_prompt(messages: tuple[Message, ...]) -> str:
-    """The single prompt that makes a fresh claude answer `messages` as the API would."""
+def render_parts(messages: tuple[Message, ...]) -> tuple[PromptPart, ...]:
+    """The prompt that makes a fresh claude answer `messages` as the API would: text, with each
+    image where the client put it."""
     turns = _merge(messages)
     if not turns:
-        raise ValueError("render_prompt needs at least one message with text")
+        raise ValueError("render_parts needs at least one message with content")
 
-    prefill: str | None = None
+    prefill: _Parts | None = None
     if turns[-1][0] == "assistant":
         prefill = turns.pop()[1]
-    question: str | None = None
+    question: _Parts | None = None
     if turns and turns[-1][0] == "user":
         question = turns.pop()[1]
     # After merging, roles alternate, so whatever remains ends with an assistant turn.
     history = turns
 
-    parts: list[str] = []
+    sections: list[_Parts] = []
     if history:
-        rendered = "\n".join(f"<{role}>\n{text}\n</{role}>" for role, text in history)
+        rendered = _join([[f"<{role}>\n", *p, f"\n</{role}>"] for role, p in history], "\n")
         tools = any(
             isinstance(b, ToolUseBlock | ToolResultBlock) for m in messages for b in m.content
         )
-        parts.append(f"{HISTORY_PREAMBLE} {TOOLS_NOTE}" if tools else HISTORY_PREAMBLE)
-        parts.append(f"<conversation_history>\n{rendered}\n</conversation_history>")
+        sections.append([f"{HISTORY_PREAMBLE} {TOOLS_NOTE}" if tools else HISTORY_PREAMBLE])
+        sections.append(["<conversation_history>\n", *rendered, "\n</conversation_history>"])
     if question is not None:
-        parts.append(question)
+        sections.append(question)
     if prefill is not None:
         # The prefix sits inline between the tags: a newline there would read as part of it.
-        parts.append(f"{PREFILL_INSTRUCTION}\n<reply_prefix>{prefill}</reply_prefix>")
-    return "\n\n".join(parts)
+        sections.append([f"{PREFILL_INSTRUCTION}\n<reply_prefix>", *prefill, "</reply_prefix>"])
+    return tuple(_join(sections, "\n\n"))
+
+
+def render_prompt(messages: tuple[Message, ...]) -> str:
+    """The single prompt that makes a fresh claude answer `messages` (text only: images are in
+    `render_parts`)."""
+    parts = render_parts(messages)
+    if not all(isinstance(p, str) for p in parts):
+        raise ValueError("render_prompt cannot carry images; use render_parts")
+    return "".join(str(p) for p in parts)

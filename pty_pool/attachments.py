@@ -40,6 +40,7 @@ __all__ = [
     "ensure_private_root",
     "image_paste_text",
     "image_placeholders",
+    "newest_image",
     "pasted_as_text",
     "sweep",
     "turn_files",
@@ -195,6 +196,7 @@ _ESCAPE: Final = re.compile(r"\\([^\n\r\u2028\u2029])")  # JavaScript's `.`
 _ZWSP: Final = "\u200b"
 # What the input box shows for an attached image; the number counts pastes in the session.
 _PLACEHOLDER: Final = re.compile(r"\[Image #\d+\]")
+_PLACEHOLDER_NUMBER: Final = re.compile(r"\[Image #(\d+)\]")
 
 
 def _pieces(text: str) -> list[tuple[int, int]]:
@@ -259,6 +261,13 @@ def image_paste_text(path: Path) -> str:
     ):
         raise ValueError(f"claude would not attach {text!r} as an image")
     return text
+
+
+def newest_image(input_text: str) -> int:
+    """The highest N of the `[Image #N]` placeholders in the input box (0: none). N grows with
+    every paste of the session, so a new image is a higher N even when earlier rows scrolled."""
+    numbers = _PLACEHOLDER_NUMBER.findall(input_text.replace("\n", ""))
+    return max((int(n) for n in numbers), default=0)
 
 
 def image_placeholders(input_text: str) -> int:

@@ -16,13 +16,14 @@ import uuid
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator, Coroutine
 from dataclasses import dataclass, replace
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from protocols import errors
 from protocols.model import (
-    DocumentBlock,
     ImageBlock,
+    Message,
     SpawnSpec,
     TextBlock,
     TextDelta,
@@ -30,11 +31,12 @@ from protocols.model import (
     TurnEvent,
     TurnRequest,
 )
-from protocols.render import render_prompt
+from protocols.render import render_parts
 from protocols.tools import trailing_results
 
+from . import attachments
 from .broker import Broker
-from .session import ClaudeExited, Session
+from .session import ClaudeExited, Prompt, Session
 from .settings import PoolSettings
 from .spawn import find_claude, spawn_spec
 from .sticky import Sticky, StickyStore, message_digest
@@ -42,6 +44,7 @@ from .sticky import Sticky, StickyStore, message_digest
 log = logging.getLogger(__name__)
 
 _SPAWN_BACKOFF_MAX = 30.0
+SWEEP_INTERVAL = 300.0  # seconds between sweeps of attachment directories left by crashes
 
 
 def _tool_results(req: TurnRequest) -> tuple[ToolResultBlock, ...]:
@@ -53,20 +56,6 @@ def _tool_results(req: TurnRequest) -> tuple[ToolResultBlock, ...]:
     if results and extra:
         results[-1] = replace(results[-1], content=results[-1].content + extra)
     return tuple(results)
-
-
-def _refuse_attachments(req: TurnRequest) -> None:
-    """Images and documents cannot reach claude yet (docs/attachments.md): a clear 400 instead
-    of dropping them silently."""
-    for i, message in enumerate(req.messages):
-        for j, block in enumerate(message.content):
-            inner = block.content if isinstance(block, ToolResultBlock) else (block,)
-            if any(isinstance(b, ImageBlock | DocumentBlock) for b in inner):
-                raise errors.InvalidRequestError(
-                    f"messages.{i}.content.{j}: images and documents are not supported yet by "
-                    "claude-relay",
-                    param=f"messages.{i}.content.{j}",
-                )
 
 
 @dataclass(eq=False)
@@ -119,12 +108,43 @@ class Turn:
         return self._gen
 
     async def _run(self) -> AsyncGenerator[TurnEvent, None]:
+        # the turn's attachment files live exactly as long as this generator: deleted when the
+        # turn ends, fails, or is abandoned by its client (aclose)
+        async with contextlib.AsyncExitStack() as files:
+            async for ev in self._run_in(files):
+                yield ev
+
+    async def _prompt(
+        self, files: contextlib.AsyncExitStack, messages: tuple[Message, ...]
+    ) -> Prompt:
+        """The prompt for `messages`: text, or text and image files written for this turn."""
+        parts = render_parts(messages)
+        if all(isinstance(p, str) for p in parts):
+            return "".join(str(p) for p in parts)
+        root = self._pool.attachments_root
+        try:
+            turn = await files.enter_async_context(attachments.turn_files(root))
+            out: list[str | Path] = []
+            for part in parts:
+                if isinstance(part, ImageBlock):
+                    path = await turn.write(part.data, part.media_type)
+                    attachments.image_paste_text(path)  # claude must read this path as given
+                    out.append(path)
+                else:
+                    out.append(part)
+        except (OSError, ValueError) as exc:
+            raise errors.ApiError(
+                f"claude-relay cannot hand images to claude from its attachments directory "
+                f"{root} ({exc}); set attachments_dir to a private path without spaces"
+            ) from exc
+        return tuple(out)
+
+    async def _run_in(self, files: contextlib.AsyncExitStack) -> AsyncGenerator[TurnEvent, None]:
         pool = self._pool
         req = self._request
-        _refuse_attachments(req)
         if req.session_id is not None:
             sticky = pool._sticky_entry(req.session_id)
-            async for ev in self._run_sticky(sticky):
+            async for ev in self._run_sticky(sticky, files):
                 yield ev
             return
         await self._take_slot()
@@ -139,7 +159,7 @@ class Turn:
                     yield ev
                 return
             spec = spawn_spec(req.model, req.system, pool.settings)
-            prompt = render_prompt(req.messages)
+            prompt = await self._prompt(files, req.messages)
             for attempt in (1, 2):
                 session = await pool._acquire(spec)
                 try:
@@ -161,7 +181,9 @@ class Turn:
                 else:
                     pool._release(session)
 
-    async def _run_sticky(self, sticky: Sticky) -> AsyncGenerator[TurnEvent, None]:
+    async def _run_sticky(
+        self, sticky: Sticky, files: contextlib.AsyncExitStack
+    ) -> AsyncGenerator[TurnEvent, None]:
         """A turn on the claude that holds this id's conversation (per-id calls queue in order)."""
         pool = self._pool
         req = self._request
@@ -174,12 +196,12 @@ class Turn:
                 if session is None and (sticky.session is None or sticky.session.state != "parked"):
                     known = sticky.extended_by(req.messages, spec)
                     if known is not None:
-                        prompt = render_prompt(req.messages[known:])
+                        prompt = await self._prompt(files, req.messages[known:])
                         session = await pool._sticky_session(sticky, fresh=False)
                 if session is None:
                     # first call, edited history, other spawn settings, tool calls abandoned, or
                     # claude lost the conversation: a fresh claude gets the whole history
-                    prompt = render_prompt(req.messages)
+                    prompt = await self._prompt(files, req.messages)
                     sticky.spec = spec
                     session = await pool._sticky_session(sticky, fresh=True)
                     assert session is not None  # fresh=True raises rather than return None
@@ -188,7 +210,7 @@ class Turn:
                 events = (
                     session.resume_turn(_tool_results(req))
                     if resume
-                    else self._sticky_events(sticky, session, prompt)
+                    else self._sticky_events(sticky, session, prompt, files)
                 )
                 try:
                     async for ev in events:
@@ -221,7 +243,11 @@ class Turn:
                 self._has_slot = False
 
     async def _sticky_events(
-        self, sticky: Sticky, session: Session, prompt: str
+        self,
+        sticky: Sticky,
+        session: Session,
+        prompt: Prompt,
+        files: contextlib.AsyncExitStack,
     ) -> AsyncGenerator[TurnEvent, None]:
         """Run the turn; a claude that died while idle is resumed (or rebuilt) and tried once."""
         req = self._request
@@ -237,7 +263,7 @@ class Turn:
         pool._busy.discard(session)
         again = await pool._sticky_session(sticky, fresh=False)
         if again is None:
-            prompt = render_prompt(self._request.messages)
+            prompt = await self._prompt(files, self._request.messages)
             again = await pool._sticky_session(sticky, fresh=True)
             assert again is not None
         pool._busy.add(again)
@@ -292,10 +318,14 @@ class Pool:
         self._sticky: dict[str, Sticky] = {}
         state = settings.state_file or settings.workspace.parent / "sessions.json"
         self._store = StickyStore(state)
+        self.attachments_root = (
+            settings.attachments_dir or settings.workspace.parent / "attachments"
+        )
 
     # --- lifetime ------------------------------------------------------------------------------
     async def start(self) -> None:
         """Begin warming sessions in the background; never raises for a missing claude binary."""
+        self._spawn_task(self._sweep_attachments(), "sweep attachments")
         self._binary = find_claude(self.settings.claude_bin)
         if self._binary is None:
             self._claude_error = (
@@ -592,6 +622,23 @@ class Pool:
     async def _persist(self) -> None:
         entries = {sid: s.to_json() for sid, s in self._sticky.items() if s.seen}
         await asyncio.to_thread(self._store.save, entries)
+
+    async def _sweep_attachments(self) -> None:
+        """Remove attachment directories a crashed daemon left (at once, then now and then);
+        a live turn's directory is never older than the longest turn."""
+        older_than = self.settings.turn_timeout + 60.0
+        while not self._closing:
+            try:
+                removed = await asyncio.to_thread(
+                    attachments.sweep, self.attachments_root, older_than
+                )
+            except OSError as exc:
+                log.warning("attachment sweep of %s failed: %s", self.attachments_root, exc)
+            else:
+                if removed:
+                    log.info("removed %d leftover attachment directories", removed)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closed.wait(), SWEEP_INTERVAL)
 
     async def _reap_idle(self) -> None:
         idle = self.settings.sticky_idle_timeout

@@ -15,7 +15,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -31,7 +31,7 @@ from protocols.model import (
     TurnResult,
 )
 
-from . import tui
+from . import attachments, tui
 from .broker import Broker, Channel, mcp_result
 from .driver import PtyDriver
 from .screen import ScreenReader, Snapshot
@@ -64,6 +64,12 @@ TOOLS_LISTED_TIMEOUT = 5.0  # claude re-lists tools at once on list_changed (~10
 # without the tools in 1 of 8 tries (v2.1.197); 50 ms sufficed in 12 of 12. There is no signal
 # to wait for, so this fixed settle is paid whenever a claude's tool set changes.
 TOOLS_SETTLE = 0.1
+# a pasted image path shows as `[Image #N]` 20–110 ms later (0.2–0.4 s for a 6.7 MB PNG that
+# claude resizes); beyond this claude did not take it
+IMAGE_ATTACH_TIMEOUT = 10.0
+
+# What a turn pastes: text, and image files (a Path) where the client put images.
+Prompt = str | Sequence[str | Path]
 
 
 class Session:
@@ -213,11 +219,14 @@ class Session:
     # --- turns ---------------------------------------------------------------------------------
     async def run_turn(
         self,
-        prompt: str,
+        prompt: Prompt,
         tools: tuple[ToolSpec, ...] = (),
         tool_choice: ToolChoice | None = None,
     ) -> AsyncIterator[TurnEvent]:
         """Paste `prompt`, stream deltas, end with the exact TurnResult or raise a RelayError.
+
+        A `Path` in `prompt` is an image file claude attaches where it stands (`[Image #N]`);
+        claude holds its bytes once the placeholder shows, so the file may go after the turn.
 
         `tools` are served to claude for this turn. When the model calls them, the turn ends with
         a `tool_use` result and the session is left `parked` (claude waits inside the call) until
@@ -284,18 +293,18 @@ class Session:
                 )
             await asyncio.sleep(TOOLS_SETTLE)
 
-    async def _turn(self, prompt: str) -> AsyncIterator[TurnEvent]:
+    async def _turn(self, prompt: Prompt) -> AsyncIterator[TurnEvent]:
         if self._tail.path is not None:
             await asyncio.to_thread(self._tail.read)  # catch up: only this turn's lines count
         self._screen.mark()
-        keys = tui.paste_keys(tui.sanitize_prompt(prompt))
+        parts = (prompt,) if isinstance(prompt, str) else tuple(prompt)
         t0 = time.monotonic()
-        await self._submit(keys)
-        async for ev in self._watch(t0, keys, after_tools=False):
+        await self._submit(parts)
+        async for ev in self._watch(t0, parts, after_tools=False):
             yield ev
 
     async def _watch(
-        self, t0: float, keys: bytes | None, *, after_tools: bool
+        self, t0: float, keys: tuple[str | Path, ...] | None, *, after_tools: bool
     ) -> AsyncIterator[TurnEvent]:
         """Follow claude from a submitted prompt (`keys`) or answered tool calls to the turn's end
         (the transcript's turn_duration) or to tool calls it parked with the broker."""
@@ -435,15 +444,50 @@ class Session:
             timings=timings,
         )
 
-    async def _submit(self, keys: bytes) -> None:
+    async def _submit(self, parts: tuple[str | Path, ...]) -> None:
+        """Paste the prompt's parts in order, each image path alone (claude moves text that
+        shares a paste with an image path), then Enter."""
         try:
-            self._driver.write(keys)
-            await self._driver.drain()
+            for i, part in enumerate(parts):
+                if isinstance(part, Path):
+                    await self._attach_image(part)
+                    continue
+                # only the prompt's very start can make a slash command or bash mode
+                self._driver.write(tui.paste_keys(tui.sanitize_prompt(part, at_start=i == 0)))
+                await self._driver.drain()
             await asyncio.sleep(tui.ENTER_DELAY)
             self._driver.write(tui.ENTER)
         except OSError as exc:  # BrokenPipeError: it died between turns
             await self._die()
             raise ClaudeExited(f"claude exited before the prompt: {exc}", answered=False) from exc
+
+    async def _attach_image(self, path: Path) -> None:
+        """Paste an image's path and wait until claude shows it as a new `[Image #N]`."""
+        snap = self._screen.snapshot()
+        before = attachments.newest_image(tui.classify(snap).input_text)
+        self._driver.write(tui.paste_keys(attachments.image_paste_text(path)))
+        await self._driver.drain()
+        deadline = time.monotonic() + IMAGE_ATTACH_TIMEOUT
+        seq = snap.seq
+        while True:
+            snap = await self._next_snapshot(seq)
+            seq = snap.seq
+            if self._eof:
+                raise OSError("claude exited while attaching an image")
+            text = tui.classify(snap).input_text
+            if attachments.newest_image(text) > before:
+                return
+            if attachments.pasted_as_text(text, path):
+                # the decoder checked the header, but claude could not decode the image
+                raise errors.InvalidRequestError(
+                    "claude could not read one of the request's images (it is damaged or in a "
+                    "form claude does not decode); the request was not sent"
+                )
+            if time.monotonic() > deadline:
+                raise errors.ApiError(
+                    f"claude did not attach an image within {IMAGE_ATTACH_TIMEOUT:.0f}s; screen:\n"
+                    + _screen_text(snap)
+                )
 
     async def interrupt(self) -> None:
         """Stop the running turn with Esc and get back to an empty prompt, or mark dead."""

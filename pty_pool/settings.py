@@ -29,5 +29,8 @@ class PoolSettings:
     agent_tools: tuple[str, ...] = ()  # claude built-in tools enabled and pre-allowed (agent mode)
     mcp_url: str | None = None  # the daemon's MCP endpoint base, set once it listens
     state_file: Path | None = None  # sticky id → claude session map (default: next to workspace)
+    # private per-turn directories of image files (default: next to workspace); claude reads the
+    # pasted path, so it must not contain spaces
+    attachments_dir: Path | None = None
     extra_args: tuple[str, ...] = ()
     extra_env: tuple[tuple[str, str], ...] = field(default=())

@@ -23,6 +23,8 @@ import orjson
 
 from protocols.model import (
     ContentBlock,
+    DocumentBlock,
+    ImageBlock,
     Message,
     SpawnSpec,
     SystemMode,
@@ -38,16 +40,30 @@ def digest(role: str, text: str) -> str:
     return hashlib.sha256(f"{role}\0{text}".encode()).hexdigest()[:32]
 
 
-def _tool_key(block: ToolUseBlock | ToolResultBlock) -> str:
+def _attachment_key(block: ImageBlock | DocumentBlock) -> str:
+    if isinstance(block, ImageBlock):
+        return "\0image\0" + hashlib.sha256(block.data).hexdigest()
+    body = block.text.encode() if block.text is not None else block.data
+    return f"\0document\0{block.title}\0{block.context}\0" + hashlib.sha256(body).hexdigest()
+
+
+def _block_key(block: ContentBlock) -> str:
     if isinstance(block, ToolUseBlock):
         return "\0use\0" + block.id + "\0" + block.name + "\0" + orjson.dumps(block.input).decode()
-    return f"\0result\0{block.tool_use_id}\0{block.is_error}\0{block.text}"
+    if isinstance(block, ToolResultBlock):
+        inner = "".join(
+            _attachment_key(b) for b in block.content if isinstance(b, ImageBlock | DocumentBlock)
+        )
+        return f"\0result\0{block.tool_use_id}\0{block.is_error}\0{block.text}{inner}"
+    if isinstance(block, ImageBlock | DocumentBlock):
+        return _attachment_key(block)
+    return ""
 
 
 def message_digest(role: str, text: str, blocks: tuple[ContentBlock, ...] = ()) -> str:
-    """A message's digest: its text and its tool calls or results (plain text: `digest`)."""
-    tools = "".join(_tool_key(b) for b in blocks if isinstance(b, ToolUseBlock | ToolResultBlock))
-    return digest(role, text + tools)
+    """A message's digest: its text, tool calls or results, images and documents (plain text:
+    `digest`). Attachments count by content hash, so a changed image is a changed history."""
+    return digest(role, text + "".join(_block_key(b) for b in blocks))
 
 
 @dataclass

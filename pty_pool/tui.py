@@ -37,12 +37,13 @@ _AT_WORD = re.compile(r"(^|\s)@")
 _ZWSP = "\u200b"
 
 
-def sanitize_prompt(text: str) -> str:
+def sanitize_prompt(text: str, *, at_start: bool = True) -> str:
     """Make `text` safe to paste: it reaches the model as text and runs nothing.
 
     - CR/CRLF → LF (claude does the same inside a paste), other C0 controls and ESC removed;
     - a leading `/` (slash command) or `!` (bash mode, runs even with --tools "") gets a leading
-      space, which claude keeps in the prompt text;
+      space, which claude keeps in the prompt text (`at_start`: the text starts the input box;
+      a part pasted after an image does not);
     - `@` starting a word gets a zero-width space after it so no file is attached;
     - a piece of the paste that claude would take for an image path (`/home/me/x.png`, quoted
       or not: claude reads that file and sends it upstream) gets a zero-width space after it.
@@ -51,7 +52,7 @@ def sanitize_prompt(text: str) -> str:
     text = _C0.sub("", text)
     text = _AT_WORD.sub(lambda m: m.group(1) + "@" + _ZWSP, text)
     text = defuse_image_paths(text)
-    if text[:1] in ("/", "!"):
+    if at_start and text[:1] in ("/", "!"):
         text = " " + text
     return text
 

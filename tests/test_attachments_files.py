@@ -210,6 +210,9 @@ def test_placeholders_and_failed_pastes() -> None:
     path = Path("/run/x/turn-1-abc/image-12.png")
     assert files.pasted_as_text("look /run/x/turn-1-abc/imag\ne-12.png", path)
     assert not files.pasted_as_text("look [Image #4]", path)
+    assert files.newest_image("") == 0
+    assert files.newest_image("a [Image #3] b [Image #12") == 3
+    assert files.newest_image("a [Image #3] b [Image #1\n2]") == 12  # wrapped in the input box
 
 
 # --- the fake upstream's view ------------------------------------------------------------------

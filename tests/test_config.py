@@ -15,6 +15,7 @@ from daemon.config import (
     load_config,
     resolve_config_file,
 )
+from protocols.attachments import AttachmentLimits
 from pty_pool.settings import PoolSettings
 
 
@@ -33,6 +34,8 @@ def test_defaults() -> None:
     assert config.workspace == default_workspace()
     assert config.workspace.name == "workspace"
     assert config.max_body_bytes == 32 * 1024 * 1024
+    assert " " not in str(config.attachments_dir)  # claude cannot attach a path with a space
+    assert config.attachments_dir.name == "attachments"
     assert config.default_model is None
     assert (config.system_mode, config.log_level, config.log_format) == ("append", "info", "text")
 
@@ -106,8 +109,11 @@ def test_pool_settings_carry_the_pool_fields(tmp_path: Path) -> None:
         turn_timeout=6.0,
         stall_timeout=7.0,
         max_retries=0,
+        attachments_dir=tmp_path / "att",
     )
+    assert config.attachment_limits() == AttachmentLimits(10 * 1024 * 1024, 24 * 1024 * 1024, 100)
     assert config.pool_settings() == PoolSettings(
+        attachments_dir=tmp_path / "att",
         claude_bin="/opt/claude",
         workspace=tmp_path,
         warm=1,

@@ -263,10 +263,10 @@ BAD_BODIES = [
                 user([{"type": "image", "source": {"type": "url", "url": "https://x/y.png"}}])
             ]
         ),
-        "messages.0.content.0: content blocks of type 'image' are not supported yet by "
-        "claude-relay",
-        "messages.0.content.0",
-        id="image",
+        "messages.0.content.0.image.source.type: URL sources are not fetched by claude-relay; "
+        "send the data inline (source type 'base64')",
+        "messages.0.content.0.image.source.type",
+        id="image-url",
     ),
     pytest.param(
         body(
@@ -340,10 +340,9 @@ BAD_BODIES = [
     ),
     pytest.param(
         body(messages=[user([{"type": "document", "source": {}}])]),
-        "messages.0.content.0: content blocks of type 'document' are not supported yet by "
-        "claude-relay",
-        "messages.0.content.0",
-        id="document",
+        "messages.0.content.0.document.source.type: Field required",
+        "messages.0.content.0.document.source.type",
+        id="document-no-source-type",
     ),
     pytest.param(
         body(messages=[user([{"type": "input_text", "text": "Hi"}])]),

@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from protocols.model import Message, Role, TextBlock
-from protocols.render import HISTORY_PREAMBLE, PREFILL_INSTRUCTION, render_prompt
+from protocols.model import (
+    DocumentBlock,
+    ImageBlock,
+    Message,
+    Role,
+    TextBlock,
+    ToolResultBlock,
+    ToolUseBlock,
+)
+from protocols.render import HISTORY_PREAMBLE, PREFILL_INSTRUCTION, render_parts, render_prompt
 
 
 def msg(role: Role, *texts: str) -> Message:
@@ -157,3 +165,40 @@ def test_nothing_to_render_is_an_error(messages: tuple[Message, ...]) -> None:
 def test_deterministic() -> None:
     history = (u("x"), a("y"), u("z"), a("w"))
     assert len({render_prompt(history) for _ in range(5)}) == 1
+
+
+# --- attachments -------------------------------------------------------------------------------
+
+RED = ImageBlock("image/png", b"red")
+BLUE = ImageBlock("image/png", b"blue")
+
+
+def test_images_stand_where_the_client_put_them() -> None:
+    msg = Message("user", (TextBlock("A"), RED, TextBlock("B"), BLUE, BLUE))
+    assert render_parts((msg,)) == ("A\n\n", RED, "\n\nB\n\n", BLUE, "\n\n", BLUE)
+    assert render_parts((Message("user", (RED,)),)) == (RED,)  # an image alone is content
+
+
+def test_documents_are_inlined_as_text() -> None:
+    doc = DocumentBlock("text/plain", text="line 1\nline 2", title='My "notes"', context="ctx")
+    pdf = DocumentBlock("application/pdf", data=b"%PDF-", text="page text")
+    msg = Message("user", (doc, TextBlock("Compare."), pdf))
+    assert render_prompt((msg,)) == (
+        '<document title="My &quot;notes&quot;" context="ctx">\nline 1\nline 2\n</document>'
+        "\n\nCompare.\n\n<document>\npage text\n</document>"
+    )
+
+
+def test_images_in_history_and_tool_results() -> None:
+    msgs = (
+        Message("user", (TextBlock("look"), RED)),
+        Message("assistant", (ToolUseBlock("toolu_1", "shot", {}),)),
+        Message("user", (ToolResultBlock("toolu_1", (TextBlock("here"), BLUE)),)),
+    )
+    parts = render_parts(msgs)
+    assert [p for p in parts if isinstance(p, ImageBlock)] == [RED, BLUE]
+    text = "".join(p if isinstance(p, str) else "[IMG]" for p in parts)
+    assert "<user>\nlook\n\n[IMG]\n</user>" in text
+    assert text.endswith('<tool_result tool_use_id="toolu_1">here\n[IMG]</tool_result>')
+    with pytest.raises(ValueError, match="render_parts"):
+        render_prompt(msgs)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import stat
 from pathlib import Path
 
-from protocols.model import Message, SpawnSpec, TextBlock
-from pty_pool.sticky import Sticky, StickyStore, digest
+from protocols.model import DocumentBlock, ImageBlock, Message, SpawnSpec, TextBlock
+from pty_pool.sticky import Sticky, StickyStore, digest, message_digest
 
 
 def msg(role: str, text: str) -> Message:
@@ -66,3 +66,14 @@ def test_store_tolerates_missing_and_corrupt_files(tmp_path: Path) -> None:
     assert store.load() == {}
     store.path.write_text("{not json")
     assert store.load() == {}
+
+
+def test_digest_covers_images_and_documents() -> None:
+    text = message_digest("user", "look", (TextBlock("look"),))
+    assert text == digest("user", "look")  # text-only digests are unchanged
+    red = message_digest("user", "look", (TextBlock("look"), ImageBlock("image/png", b"red")))
+    blue = message_digest("user", "look", (TextBlock("look"), ImageBlock("image/png", b"blue")))
+    assert len({text, red, blue}) == 3
+    doc_a = message_digest("user", "", (DocumentBlock("text/plain", text="a"),))
+    doc_b = message_digest("user", "", (DocumentBlock("text/plain", text="b"),))
+    assert doc_a != doc_b

@@ -28,6 +28,12 @@ def test_sanitize(raw: str, safe: str) -> None:
     assert tui.sanitize_prompt(raw) == safe
 
 
+def test_sanitize_after_an_image_keeps_a_leading_slash() -> None:
+    # pasted after `[Image #1]`, a `/` or `!` no longer starts the input box
+    assert tui.sanitize_prompt("/exit", at_start=False) == "/exit"
+    assert tui.sanitize_prompt("@x", at_start=False) == "@\u200bx"
+
+
 def test_paste_keys_bracket_and_submit() -> None:
     keys = tui.paste_keys("hi")
     assert keys == b"\x1b[200~hi\x1b[201~"  # Enter is written separately

@@ -393,7 +393,10 @@ async def test_dead_idle_claude_is_replaced(
 ) -> None:
     await relay.wait_warm(2)
     before = await relay.health()
-    victim = sorted(children_of(relay.proc.pid))[0]
+    # a warm claude, not a sticky one another test may have left (those are replaced on use)
+    async with aiohttp.ClientSession() as s, s.get(relay.url + "/v1/sessions") as r:
+        sticky = {x["pid"] for x in (await r.json())["sessions"]}
+    victim = sorted(children_of(relay.proc.pid) - sticky)[0]
     os.kill(victim, signal.SIGKILL)
     async with asyncio.timeout(30):
         while True:

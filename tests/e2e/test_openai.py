@@ -1,8 +1,7 @@
 """OpenAI Chat Completions end to end: openai SDK → claude-relay → real claude → fake upstream.
 
-Also the model listing through both SDKs against the real daemon. Images need pool support for
-image blocks: that test is written to the finished contract and marked xfail(strict=False) until
-then; meanwhile an image gets a clear 400.
+Also the model listing through both SDKs against the real daemon. More image and file cases are
+in test_attachments.py.
 """
 
 from __future__ import annotations
@@ -301,19 +300,6 @@ async def test_streamed_tool_call(sdk: openai.AsyncOpenAI, relay: Relay, up: Fak
     assert final.choices[0].message.content == "Rainy in Rome."
 
 
-async def test_image_is_refused_until_attachments_land(sdk: openai.AsyncOpenAI) -> None:
-    url = "data:image/png;base64," + base64.b64encode(media.png()).decode()
-    with pytest.raises(openai.BadRequestError) as info:
-        await sdk.chat.completions.create(
-            model=MODEL,
-            messages=[
-                {"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}]}
-            ],
-        )
-    assert "not supported yet" in info.value.message
-
-
-@pytest.mark.xfail(reason="needs image support in the pool (issue 6)", strict=False)
 async def test_image_data_url_reaches_the_model(
     sdk: openai.AsyncOpenAI, relay: Relay, up: FakeUpstream
 ) -> None:
@@ -332,10 +318,10 @@ async def test_image_data_url_reaches_the_model(
         ],
     )
     assert completion.choices[0].message.content
-    # claude reads the image itself and may re-encode it, or pass it on inside a tool result,
-    # so the test looks for an image block anywhere rather than for the exact bytes
+    # the exact bytes, as an image block of the prompt's user message
+    assert up.main_requests[-1].images == [("image/png", png)]
     images = [b for b in _blocks(up.main_requests[-1].body["messages"]) if b.get("type") == "image"]
-    assert images, "no image block reached the upstream"
+    assert len(images) == 1
 
 
 def _blocks(value: object) -> list[dict[str, Any]]:

@@ -63,6 +63,11 @@ class Relay:
     log_path: Path
     env: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def attachments(self) -> Path:
+        """Where this daemon writes turn directories of image files."""
+        return Path(self.env["CLAUDE_RELAY_ATTACHMENTS_DIR"])
+
     async def health(self) -> dict[str, object]:
         async with aiohttp.ClientSession() as s, s.get(self.url + "/v1/health") as r:
             data: dict[str, object] = await r.json()
@@ -118,6 +123,8 @@ async def start_relay(
     e = child_env(home, upstream.url)
     e.update({f"CLAUDE_RELAY_{k.upper()}": v for k, v in env.items()})
     e["CLAUDE_RELAY_CLAUDE_BIN"] = shutil.which(claude_bin()) or claude_bin()
+    # each daemon its own attachments dir, so a test can see that every turn cleaned up
+    e.setdefault("CLAUDE_RELAY_ATTACHMENTS_DIR", str(home / "attachments"))
     for name in unset:
         e.pop(name, None)
     log_path = tmp / "daemon.log"
