@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from pty_pool import tui
+from pty_pool import attachments, tui
 from pty_pool.screen import ScreenReader, Snapshot
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -176,3 +176,18 @@ def test_tool_rows_split_the_reply() -> None:
     assert done.completed
     # no tool row ever leaks into the streamed text
     assert all("Call" not in d for d in rp.deltas)
+
+
+def test_image_paste_shows_a_placeholder_and_stays_out_of_the_reply() -> None:
+    """What `Session._attach_image` waits for: `[Image #N]` in the input box after the path
+    paste (the path itself never shows), and the `⎿  [Image #1]` row is not reply text."""
+    rp = replay("image")
+    inputs = [tui.classify(s).input_text for s in rp.snapshots[rp.header["ready_chunk"] :]]
+    numbers = [attachments.newest_image(t) for t in inputs]
+    assert "What is in [Image #1]" in inputs
+    assert "What is in [Image #1] this picture?" in inputs
+    assert not any(attachments.pasted_as_text(t, Path("/x/image-1.png")) for t in inputs)
+    assert numbers.index(1) == inputs.index("What is in [Image #1]")
+    rows = [r.text for r in tui.response(_until_turn_end(rp)).rows]
+    assert rows == [rp.header["text"]]
+    assert "".join(rp.deltas) + rp.assembler.finish(rp.header["text"]) == rp.header["text"]

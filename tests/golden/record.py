@@ -25,10 +25,11 @@ from typing import Any
 from daemon.mcp import serving
 from protocols.model import SpawnSpec, TextBlock, ToolResultBlock, ToolSpec
 from pty_pool.broker import Broker
-from pty_pool.session import Session
+from pty_pool.session import Prompt, Session
 from pty_pool.settings import PoolSettings
 from tests.support.claude_env import child_env, claude_bin, make_home
 from tests.support.fake_upstream import FakeUpstream, Reply, ToolUse
+from tests.support.media import png
 
 HERE = Path(__file__).parent
 
@@ -64,6 +65,9 @@ class Scenario:
     after: Reply | None = None
     env: dict[str, str] = field(default_factory=dict)
     expect: dict[str, Any] = field(default_factory=dict)
+    # a PNG written to a private dir and pasted by path between `prompt` and `after_image`
+    image: bytes | None = None
+    after_image: str = ""
 
 
 SCENARIOS = [
@@ -107,6 +111,18 @@ SCENARIOS = [
 ]
 
 
+SCENARIOS.append(
+    Scenario(
+        "image",
+        Reply(text="A small red rectangle.", chunk_chars=6, delay=0.02),
+        prompt="What is in ",
+        image=png(),
+        after_image=" this picture?",
+        expect={"placeholder": "[Image #1]"},
+    )
+)
+
+
 class Recorder(Session):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -144,8 +160,14 @@ async def record(sc: Scenario, binary: str) -> None:
                 await s.start()
                 ready_at = len(s.chunks)
                 outcome: dict[str, Any] = {}
+                prompt: Prompt = sc.prompt
+                if sc.image is not None:
+                    (tmp / "att").mkdir(mode=0o700)
+                    image = tmp / "att" / "image-1.png"
+                    image.write_bytes(sc.image)
+                    prompt = (sc.prompt, image, sc.after_image)
                 try:
-                    async for _ev in s.run_turn(sc.prompt, sc.tools):
+                    async for _ev in s.run_turn(prompt, sc.tools):
                         outcome.setdefault("events", 0)
                         outcome["events"] += 1
                         if sc.interrupt_after_delta:
