@@ -163,7 +163,21 @@ def run_checks(
     checks += check_claude(cfg, env)
     checks += [check_listen(cfg), check_port(cfg), check_service(env, home)]
     checks.append(Check("workspace", "ok", str(cfg.workspace)))
+    checks.append(check_attachments(cfg))
     return checks
+
+
+def check_attachments(config: Config) -> Check:
+    """The attachments dir: claude splits a pasted path at a space, so images from a path with
+    one would never attach."""
+    path = config.attachments_dir
+    if not path.is_absolute() or any(c.isspace() for c in str(path)):
+        return Check(
+            "attachments",
+            "fail",
+            f"{path}: images cannot be attached from a path with spaces; set attachments_dir",
+        )
+    return Check("attachments", "ok", str(path))
 
 
 def print_checks(checks: list[Check], out: TextIO, *, as_json: bool) -> None:

@@ -221,6 +221,21 @@ def test_doctor_with_an_api_key_login(
     assert checks["port"]["status"] == "ok"
     assert checks["listen"]["status"] == "ok"
     assert "not installed" in checks["service"]["detail"]
+    assert checks["attachments"]["status"] == "ok"
+
+
+def test_doctor_fails_for_an_attachments_dir_with_a_space(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Capture
+) -> None:
+    fake = FakeClaude(tmp_path)
+    fake.set(API_KEY)
+    monkeypatch.setenv("CLAUDE_RELAY_CLAUDE_BIN", str(fake.path))
+    monkeypatch.setenv("CLAUDE_RELAY_PORT", str(free_port()))
+    monkeypatch.setenv("CLAUDE_RELAY_ATTACHMENTS_DIR", str(tmp_path / "Application Support"))
+    code, checks = doctor_json(capsys)
+    assert code == 1
+    assert checks["attachments"]["status"] == "fail"
+    assert "spaces" in checks["attachments"]["detail"]
 
 
 def test_doctor_fails_when_logged_out(
