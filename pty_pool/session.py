@@ -310,6 +310,9 @@ class Session:
         (the transcript's turn_duration) or to tool calls it parked with the broker."""
         settings = self.settings
         resubmitted = 0
+        # pasting images takes a while (1.7 s for a 6.8 MB PNG): a lost prompt is judged from
+        # the end of the paste, not from its start
+        pasted = time.monotonic()
         timings: dict[str, float] = {}
         turn_log = TurnLog()
         asm = tui.StreamAssembler(tui.text_width(settings.columns))
@@ -380,7 +383,7 @@ class Session:
             else:
                 idle_since = None
             if keys is not None and not started and not st.busy:
-                if now - t0 > RESUBMIT_AFTER * (resubmitted + 1):
+                if now - pasted > RESUBMIT_AFTER * (resubmitted + 1):
                     if st.ready and resubmitted < 2:
                         log.warning(
                             "prompt was not accepted; pasting again", extra=self._log_extra()
@@ -392,7 +395,7 @@ class Session:
                         self._driver.write(tui.ENTER)  # pasted but Enter was swallowed
                         resubmitted += 1
                         continue
-                if now - t0 > 10.0:
+                if now - pasted > 10.0:
                     raise errors.ApiError(
                         "claude did not accept the prompt; screen:\n" + _screen_text(snap)
                     )
