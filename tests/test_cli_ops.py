@@ -201,13 +201,18 @@ def doctor_json(capsys: Capture) -> tuple[int, dict[str, dict[str, str]]]:
     return code, {c["name"]: c for c in data["checks"]}
 
 
-def test_doctor_with_an_api_key_login(
-    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Capture
-) -> None:
+def _api_key_claude(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fake claude logged in with an API key, and a free port for the doctor to find."""
     fake = FakeClaude(tmp_path)
     fake.set(API_KEY)
     monkeypatch.setenv("CLAUDE_RELAY_CLAUDE_BIN", str(fake.path))
     monkeypatch.setenv("CLAUDE_RELAY_PORT", str(free_port()))
+
+
+def test_doctor_with_an_api_key_login(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Capture
+) -> None:
+    _api_key_claude(tmp_path, monkeypatch)
     code, checks = doctor_json(capsys)
     assert code == 0
     assert checks["config"]["status"] == "ok"
@@ -227,10 +232,7 @@ def test_doctor_with_an_api_key_login(
 def test_doctor_fails_for_an_attachments_dir_with_a_space(
     home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Capture
 ) -> None:
-    fake = FakeClaude(tmp_path)
-    fake.set(API_KEY)
-    monkeypatch.setenv("CLAUDE_RELAY_CLAUDE_BIN", str(fake.path))
-    monkeypatch.setenv("CLAUDE_RELAY_PORT", str(free_port()))
+    _api_key_claude(tmp_path, monkeypatch)
     monkeypatch.setenv("CLAUDE_RELAY_ATTACHMENTS_DIR", str(tmp_path / "Application Support"))
     code, checks = doctor_json(capsys)
     assert code == 1

@@ -108,32 +108,26 @@ async def test_png_reaches_the_model_as_an_image_block_in_place(
     assert turn_dirs(relay) == []  # the turn's files are gone
 
 
-async def test_openai_data_url_and_jpeg_gif_webp(
+async def test_jpeg_gif_webp_pass_byte_identical(
     oai: openai.AsyncOpenAI, up: FakeUpstream, relay: Relay
 ) -> None:
+    """The other three formats (PNG: test_openai.py and above), as OpenAI data URLs; claude
+    forwards small images without re-encoding them."""
     up.on("", lambda body: Reply(text="seen"))
-    gif = media.GIF_1X1
+    images = [
+        ("image/jpeg", media.jpeg_header()),
+        ("image/gif", media.GIF_1X1),
+        ("image/webp", media.webp_vp8x()),
+    ]
+    parts: Any = [
+        {"type": "image_url", "image_url": {"url": f"data:{kind};base64,{b64(data)}"}}
+        for kind, data in images
+    ]
     reply = await oai.chat.completions.create(
-        model=MODEL,
-        messages=[
-            {
-                "role": "user",
-                "content": [
-                    {"type": "text", "text": "What do you see?"},
-                    {
-                        "type": "image_url",
-                        "image_url": {"url": "data:image/png;base64," + b64(RED)},
-                    },
-                    {
-                        "type": "image_url",
-                        "image_url": {"url": "data:image/gif;base64," + b64(gif)},
-                    },
-                ],
-            }
-        ],
+        model=MODEL, messages=[{"role": "user", "content": parts}]
     )
     assert reply.choices[0].message.content == "seen"
-    assert up.main_requests[-1].images == [("image/png", RED), ("image/gif", gif)]
+    assert up.main_requests[-1].images == images
     assert turn_dirs(relay) == []
 
 

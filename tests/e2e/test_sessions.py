@@ -151,7 +151,27 @@ async def test_list_and_delete_sessions(relay: Relay, up: FakeUpstream) -> None:
         assert err["error"]["type"] == "not_found_error"
 
 
-async def test_conversation_survives_daemon_sigkill(upstream: FakeUpstream) -> None:
+def _write_prompt_after_reply(home: Path, prompt: str) -> None:
+    """Give the transcript the order claude v2.1.197 sometimes leaves after a SIGKILL: the
+    prompt's `user` entry after the reply, and no `last-prompt` pointer (golden:
+    tests/golden/transcripts/user-after-reply.jsonl)."""
+    [path] = [
+        p for p in (home / ".claude" / "projects").glob("*/*.jsonl") if prompt in p.read_text()
+    ]
+    entries = [json.loads(line) for line in path.read_text().splitlines()]
+    user = [e for e in entries if e.get("type") == "user" and e["message"]["content"] == prompt]
+    rest = [e for e in entries if e not in user and e.get("type") != "last-prompt"]
+    path.write_text("".join(json.dumps(e) + "\n" for e in rest + user))
+
+
+@pytest.mark.parametrize("prompt_after_reply", [False, True], ids=["as-written", "reordered"])
+async def test_conversation_survives_daemon_sigkill(
+    upstream: FakeUpstream, prompt_after_reply: bool
+) -> None:
+    """After a SIGKILL the next call resumes the same claude conversation. `reordered`: the
+    transcript order claude sometimes leaves (see `_write_prompt_after_reply`); claude's resume
+    takes the last message in file order as the end of the conversation, so the relay puts each
+    entry after its parent first and the reply is not replaced by "No response requested."."""
     upstream.clear()
     home = Path(tempfile.mkdtemp(prefix="relay-e2e-home-"))
     try:
@@ -162,11 +182,16 @@ async def test_conversation_survives_daemon_sigkill(upstream: FakeUpstream) -> N
                 await chat(c, history, "remember the number 7")
             r1.proc.send_signal(signal.SIGKILL)
             await r1.proc.wait()
+        if prompt_after_reply:
+            _write_prompt_after_reply(home, "remember the number 7")
         async with start_relay(upstream, home=home) as r2, client(r2, "conv-kill") as c:
             assert await chat(c, history, "which number?") == "echo: which number?"
         convo = roles_and_texts(upstream.main_requests[-1].body)
-        assert ("user", "remember the number 7") in convo
-        assert ("assistant", "echo: remember the number 7") in convo
+        assert convo[-3:] == [
+            ("user", "remember the number 7"),
+            ("assistant", "echo: remember the number 7"),
+            ("user", "which number?"),
+        ]
         assert "conversation_history" not in json.dumps(upstream.main_requests[-1].body)
     finally:
         shutil.rmtree(home, ignore_errors=True)
@@ -223,44 +248,3 @@ async def test_session_id_body_field_works_like_the_header(
         ("assistant", "echo: body one"),
         ("user", "body two"),
     ]
-
-
-def _write_prompt_after_reply(home: Path, prompt: str) -> None:
-    """Give the transcript the order claude v2.1.197 sometimes leaves after a SIGKILL: the
-    prompt's `user` entry after the reply, and no `last-prompt` pointer (golden:
-    tests/golden/transcripts/user-after-reply.jsonl)."""
-    [path] = [
-        p for p in (home / ".claude" / "projects").glob("*/*.jsonl") if prompt in p.read_text()
-    ]
-    entries = [json.loads(line) for line in path.read_text().splitlines()]
-    user = [e for e in entries if e.get("type") == "user" and e["message"]["content"] == prompt]
-    rest = [e for e in entries if e not in user and e.get("type") != "last-prompt"]
-    path.write_text("".join(json.dumps(e) + "\n" for e in rest + user))
-
-
-async def test_resume_after_prompt_written_after_reply(upstream: FakeUpstream) -> None:
-    """claude's resume takes the last message in file order as the end of the conversation; the
-    relay puts each entry after its parent first, so the reply is not replaced by claude's
-    "No response requested."."""
-    upstream.clear()
-    home = Path(tempfile.mkdtemp(prefix="relay-e2e-home-"))
-    try:
-        make_home(home)
-        history: list[anthropic.types.MessageParam] = []
-        async with start_relay(upstream, home=home) as r1:
-            async with client(r1, "conv-order") as c:
-                await chat(c, history, "remember the number 8")
-            r1.proc.send_signal(signal.SIGKILL)
-            await r1.proc.wait()
-        _write_prompt_after_reply(home, "remember the number 8")
-        async with start_relay(upstream, home=home) as r2, client(r2, "conv-order") as c:
-            assert await chat(c, history, "which number?") == "echo: which number?"
-        convo = roles_and_texts(upstream.main_requests[-1].body)
-        assert convo[-3:] == [
-            ("user", "remember the number 8"),
-            ("assistant", "echo: remember the number 8"),
-            ("user", "which number?"),
-        ]
-    finally:
-        shutil.rmtree(home, ignore_errors=True)
-        upstream.clear()
