@@ -14,7 +14,6 @@ from aiohttp import web
 
 from daemon import CONFIG_KEY, POOL_KEY, RelayPool, turns
 from daemon.errors import error_envelope, request_info
-from daemon.sse import SSEWriter
 from protocols import anthropic
 from protocols.errors import ServiceUnavailableError
 from protocols.model import TextDelta, TurnEvent, TurnRequest
@@ -75,33 +74,19 @@ async def _stream(
     turn_request: TurnRequest,
     message_id: str,
 ) -> web.StreamResponse:
-    info = request_info(request)
     encoder = anthropic.StreamEncoder(turn_request.model, message_id)
 
     def frame(ev: TurnEvent) -> bytes:
         return encoder.delta(ev) if isinstance(ev, TextDelta) else encoder.finish(ev)
 
-    # Admission comes before the response is prepared, so 529/503 are still plain JSON errors
-    # with a status code and retry-after header, which clients understand better than an event.
-    async with pool.open_turn(turn_request) as turn:
-        sse = SSEWriter(request)
-        # message_start goes out at once: clients and proxies see the stream alive before claude
-        # has produced anything.
-        if await sse.open() and await sse.send(encoder.start()):
-            failure = await turns.pump(
-                sse,
-                turns.with_stops(turn, turn_request),
-                frame=frame,
-                closed=lambda: encoder.closed,
-                ping=encoder.ping,
-            )
-            if failure is not None and not sse.disconnected and not encoder.closed:
-                info.stream_error = failure.anthropic_type
-                await sse.send(encoder.error(failure, info.request_id))
-        if sse.disconnected:
-            log.info("client left mid-stream", extra={"request_id": info.request_id})
-    await sse.close()
-    return sse.response
+    return await turns.stream(
+        request,
+        pool,
+        turn_request,
+        encoder,
+        frame=frame,
+        error_type=lambda err: err.anthropic_type,
+    )
 
 
 def add_routes(app: web.Application) -> None:

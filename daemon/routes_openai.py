@@ -18,7 +18,6 @@ from aiohttp import web
 from daemon import CONFIG_KEY, POOL_KEY, RelayPool, turns
 from daemon.errors import error_envelope, request_info
 from daemon.routes_messages import SESSION_HEADER
-from daemon.sse import SSEWriter
 from protocols import openai, response_format
 from protocols.errors import ServiceUnavailableError
 from protocols.model import TextDelta, TurnEvent
@@ -69,7 +68,6 @@ async def _complete(
 async def _stream(
     request: web.Request, pool: RelayPool, chat: openai.ChatRequest
 ) -> web.StreamResponse:
-    info = request_info(request)
     encoder = openai.StreamEncoder(
         chat.turn.model,
         openai.new_completion_id(),
@@ -83,24 +81,9 @@ async def _stream(
             return b"" if chat.response_format is not None else encoder.delta(ev)
         return encoder.finish(response_format.check_reply(chat.response_format, ev))
 
-    # Admission comes before the response starts, so 529/503 are still plain JSON errors.
-    async with pool.open_turn(chat.turn) as turn:
-        sse = SSEWriter(request)
-        if await sse.open() and await sse.send(encoder.start()):
-            failure = await turns.pump(
-                sse,
-                turns.with_stops(turn, chat.turn),
-                frame=frame,
-                closed=lambda: encoder.closed,
-                ping=encoder.ping,
-            )
-            if failure is not None and not sse.disconnected and not encoder.closed:
-                info.stream_error = failure.openai_type
-                await sse.send(encoder.error(failure, info.request_id))
-        if sse.disconnected:
-            log.info("client left mid-stream", extra={"request_id": info.request_id})
-    await sse.close()
-    return sse.response
+    return await turns.stream(
+        request, pool, chat.turn, encoder, frame=frame, error_type=lambda err: err.openai_type
+    )
 
 
 def add_routes(app: web.Application) -> None:

@@ -9,7 +9,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterable, Callable
 from contextlib import aclosing
-from typing import ParamSpec, TypeVar
+from typing import ParamSpec, Protocol, TypeVar
 
 from aiohttp import web
 
@@ -114,3 +114,51 @@ async def pump(
     if not closed() and not sse.disconnected:
         return no_result()
     return None
+
+
+class StreamEncoder(Protocol):
+    """What `stream` needs of a wire format's SSE encoder (anthropic's and openai's have it)."""
+
+    @property
+    def closed(self) -> bool: ...
+
+    def start(self) -> bytes: ...
+
+    def ping(self) -> bytes: ...
+
+    def error(self, err: RelayError, request_id: str | None = None) -> bytes: ...
+
+
+async def stream(
+    request: web.Request,
+    pool: RelayPool,
+    req: TurnRequest,
+    encoder: StreamEncoder,
+    *,
+    frame: Callable[[TurnEvent], bytes],
+    error_type: Callable[[RelayError], str],
+) -> web.StreamResponse:
+    """Serve the turn as SSE: the encoder's first frame at once, then `frame(event)`s, and an
+    in-stream error event (`error_type` names it for the log) if the turn fails midway."""
+    info = request_info(request)
+    # Admission comes before the response is prepared, so 529/503 are still plain JSON errors
+    # with a status code and retry-after header, which clients understand better than an event.
+    async with pool.open_turn(req) as turn:
+        sse = SSEWriter(request)
+        # the first frame goes out at once: clients and proxies see the stream alive before
+        # claude has produced anything
+        if await sse.open() and await sse.send(encoder.start()):
+            failure = await pump(
+                sse,
+                with_stops(turn, req),
+                frame=frame,
+                closed=lambda: encoder.closed,
+                ping=encoder.ping,
+            )
+            if failure is not None and not sse.disconnected and not encoder.closed:
+                info.stream_error = error_type(failure)
+                await sse.send(encoder.error(failure, info.request_id))
+        if sse.disconnected:
+            log.info("client left mid-stream", extra={"request_id": info.request_id})
+    await sse.close()
+    return sse.response
