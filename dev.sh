@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # One entry point for people and CI:
 #   ./dev.sh serve [claude-relay serve flags…]   set up .venv and run the daemon in the foreground
-#   ./dev.sh test  [pytest args…]               set up .venv + the pinned claude CLI, lint, type-check, test
-#   ./dev.sh claude                             install the pinned claude CLI, print its path
+#   ./dev.sh test  [pytest args…]               set up .venv + both tested claude CLIs, lint, type-check,
+#                                               test (all tests on the pin, then the e2e tier on the oldest)
+#   ./dev.sh claude [VERSION]                   install a claude CLI (default: the pin), print its path
+#   ./dev.sh record [NAME…]                     re-record the golden PTY streams on every tested version
 # Everything it installs lives in .venv/ and .cache/ (both git-ignored).
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-python3}
-CLAUDE_VERSION=$(cat packaging/claude-cli-version)
-CLAUDE_CACHE=.cache/claude-cli/$CLAUDE_VERSION
+CLAUDE_VERSION=$(cat packaging/claude-cli-version)   # the pin: newest tested release
+CLAUDE_OLDEST=$(cat packaging/claude-cli-oldest)     # oldest supported release
 
 venv() {  # $1: "" or "[dev]"
     if [ ! -x .venv/bin/python ]; then
@@ -22,8 +24,8 @@ venv() {  # $1: "" or "[dev]"
     fi
 }
 
-claude_bin() {  # the pinned CLI from npm, installed once into the cache
-    local native
+claude_bin() {  # $1: version (default: the pin); from npm, installed once into the cache
+    local version=${1:-$CLAUDE_VERSION} native
     case "$(uname -s)-$(uname -m)" in
         Linux-x86_64) native=linux-x64 ;;
         Linux-aarch64) native=linux-arm64 ;;
@@ -31,12 +33,13 @@ claude_bin() {  # the pinned CLI from npm, installed once into the cache
         Darwin-x86_64) native=darwin-x64 ;;
         *) echo "unsupported platform for the pinned claude CLI" >&2; exit 1 ;;
     esac
-    local bin=$CLAUDE_CACHE/node_modules/@anthropic-ai/claude-code-$native/claude
+    local cache=.cache/claude-cli/$version
+    local bin=$cache/node_modules/@anthropic-ai/claude-code-$native/claude
     if [ ! -x "$bin" ]; then
         command -v npm >/dev/null || { echo "npm is needed to install the claude CLI" >&2; exit 1; }
-        mkdir -p "$CLAUDE_CACHE"
-        npm install --prefix "$CLAUDE_CACHE" --no-audit --no-fund --loglevel=error \
-            "@anthropic-ai/claude-code@$CLAUDE_VERSION" >&2
+        mkdir -p "$cache"
+        npm install --prefix "$cache" --no-audit --no-fund --loglevel=error \
+            "@anthropic-ai/claude-code@$version" >&2
     fi
     [ -x "$bin" ] || { echo "claude CLI install failed: $bin missing" >&2; exit 1; }
     echo "$PWD/$bin"
@@ -55,17 +58,31 @@ case "$cmd" in
         ;;
     test)
         venv "[dev]"
-        export CLAUDE_RELAY_TEST_CLAUDE_BIN=$(claude_bin)
+        pin=$(claude_bin "$CLAUDE_VERSION")
+        oldest=$(claude_bin "$CLAUDE_OLDEST")
         .venv/bin/ruff check .
         .venv/bin/ruff format --check .
         .venv/bin/mypy
-        exec .venv/bin/pytest "$@"
+        if [ $# -gt 0 ]; then
+            CLAUDE_RELAY_TEST_CLAUDE_BIN=$pin exec .venv/bin/pytest "$@"
+        fi
+        # the e2e tier on the oldest supported claude first, then everything on the pin
+        echo "== e2e on claude $CLAUDE_OLDEST (oldest supported)"
+        CLAUDE_RELAY_TEST_CLAUDE_BIN=$oldest .venv/bin/pytest -q tests/e2e
+        echo "== all tests on claude $CLAUDE_VERSION (pin)"
+        CLAUDE_RELAY_TEST_CLAUDE_BIN=$pin exec .venv/bin/pytest
         ;;
     claude)
-        claude_bin
+        claude_bin "${1:-$CLAUDE_VERSION}"
+        ;;
+    record)
+        venv "[dev]"
+        for v in "$CLAUDE_OLDEST" "$CLAUDE_VERSION"; do
+            .venv/bin/python -m tests.golden.record --claude "$(claude_bin "$v")" "$@"
+        done
         ;;
     *)
-        sed -n '2,6p' "$0" >&2
+        sed -n '2,9p' "$0" >&2
         exit 2
         ;;
 esac

@@ -88,6 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
     doctor = commands.add_parser("doctor", help="check claude, its login, config, port, service")
     _config_option(doctor)
     doctor.add_argument("--json", action="store_true", help="print JSON")
+    doctor.add_argument(
+        "--self-test",
+        action="store_true",
+        help="qualify the claude binary: drive it in a scratch HOME against a built-in fake "
+        "upstream (start-up, turn, injection corpus, isolation)",
+    )
+    doctor.add_argument("--claude", metavar="BIN", help="with --self-test: the claude to test")
 
     svc = commands.add_parser("service", help="run the daemon as a systemd/launchd user service")
     actions = svc.add_subparsers(dest="service_command", metavar="ACTION", required=True)

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Final
 
-from daemon import ctl, doctor, service
+from daemon import ctl, doctor, selftest, service
 from daemon.auth import exposure_error
 from daemon.config import CONFIG_ENV, ENV_PREFIX, Config, ConfigError, load_config
 from daemon.config import resolve_config_file as _resolve
@@ -84,6 +84,14 @@ def _sessions(client: ctl.Client, args: argparse.Namespace) -> int:
 
 
 def _doctor(args: argparse.Namespace, env: dict[str, str]) -> int:
+    if args.self_test:
+        binary = args.claude
+        if binary is None:
+            try:
+                binary = _load(args, env).claude_bin
+            except ConfigError as exc:
+                return _error(str(exc))
+        return selftest.main(binary, sys.stdout)
     config: Config | None = None
     config_file: Path | None = None
     error: str | None = None

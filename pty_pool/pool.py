@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 import uuid
 from collections import OrderedDict
@@ -34,11 +35,11 @@ from protocols.model import (
 from protocols.render import render_parts
 from protocols.tools import trailing_results
 
-from . import attachments
+from . import attachments, isolation, versions
 from .broker import Broker
 from .session import ClaudeExited, Prompt, Session
 from .settings import PoolSettings
-from .spawn import find_claude, spawn_spec
+from .spawn import build_env, find_claude, spawn_spec
 from .sticky import Sticky, StickyStore, message_digest
 
 log = logging.getLogger(__name__)
@@ -304,6 +305,7 @@ class Pool:
         self._recent: OrderedDict[SpawnSpec, None] = OrderedDict()
         self._tasks: set[asyncio.Task[None]] = set()
         self._binary: str | None = None
+        self.cli_version: str | None = None  # what `claude --version` said at start
         self._claude_error: str | None = None
         self._closing = False
         self._wake = asyncio.Event()
@@ -334,7 +336,24 @@ class Pool:
             )
             log.error("%s", self._claude_error)
             return
-        self.settings.workspace.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # trust, onboarding and the user's login decisions, in the config dir only the relay's
+        # claudes read: settled before any claude starts, so no dialog has to be answered
+        await asyncio.to_thread(isolation.prepare, self.settings, dict(os.environ))
+        try:
+            self.cli_version = await versions.probe(
+                self._binary, build_env(os.environ, self.settings)
+            )
+        except versions.VersionError as exc:
+            log.error("%s", exc)
+        else:
+            if not versions.supported(self.cli_version):
+                log.warning(
+                    "claude %s is outside the versions claude-relay is tested on (%s to %s); "
+                    "run `claude-relay doctor --self-test` to qualify it",
+                    self.cli_version,
+                    versions.OLDEST,
+                    versions.PINNED,
+                )
         self._recent[self._default_spec()] = None
         self._sticky = await asyncio.to_thread(self._store.load)
         self._spawn_task(self._replenish(), "replenish")
@@ -395,6 +414,26 @@ class Pool:
         self._waiting += 1
 
     # --- sessions ------------------------------------------------------------------------------
+    def _new_session(
+        self,
+        spec: SpawnSpec,
+        *,
+        session_id: str | None = None,
+        resume: bool = False,
+        ephemeral: bool = True,
+    ) -> Session:
+        assert self._binary is not None
+        return Session(
+            spec,
+            self.settings,
+            self._binary,
+            session_id=session_id,
+            resume=resume,
+            ephemeral=ephemeral,
+            broker=self.broker,
+            cli_version=self.cli_version,
+        )
+
     def _default_spec(self) -> SpawnSpec:
         return spawn_spec("default", None, self.settings)
 
@@ -432,7 +471,7 @@ class Pool:
         if self._closing:
             raise errors.ServiceUnavailableError("claude-relay is shutting down")
         assert self._binary is not None
-        session = Session(spec, self.settings, self._binary, broker=self.broker)
+        session = self._new_session(spec)
         self.spawned += 1
         self._busy.add(session)
         try:
@@ -480,7 +519,7 @@ class Pool:
         try:
             if self._backoff:
                 await asyncio.sleep(self._backoff)
-            session = Session(spec, self.settings, self._binary, broker=self.broker)
+            session = self._new_session(spec)
             self.spawned += 1
             await session.start()
             self._backoff = 0.0
@@ -598,14 +637,8 @@ class Pool:
         if fresh:
             sticky.claude_id = str(uuid.uuid4())
             sticky.seen = []
-        session = Session(
-            sticky.spec,
-            self.settings,
-            self._binary,
-            session_id=sticky.claude_id,
-            resume=not fresh,
-            ephemeral=False,
-            broker=self.broker,
+        session = self._new_session(
+            sticky.spec, session_id=sticky.claude_id, resume=not fresh, ephemeral=False
         )
         self.spawned += 1
         try:

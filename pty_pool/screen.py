@@ -7,6 +7,7 @@ interpretation (`pty_pool.tui`) only ever sees `Snapshot`s: plain text rows plus
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +37,7 @@ class Row:
     text: str  # right-stripped, wide-character stubs removed
     spans: tuple[Span, ...] = ()  # only non-default styles
     width: int = 0  # columns up to the last non-blank cell (wide characters count 2)
+    reverse_at: int = -1  # string index of the first reverse-video cell (a drawn cursor), or -1
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,11 +66,14 @@ def render_row(line: Any, columns: int) -> Row:
     start = 0
     pos = 0
     width = 0
+    reverse_at = -1
     for x in range(columns):
         cell = line[x]
         data = cell.data
         if not data:
             continue  # stub cell right of a wide character
+        if reverse_at < 0 and cell.reverse:
+            reverse_at = pos
         if not data.isspace():
             width = x + (2 if x + 1 < columns and line[x + 1].data == "" else 1)
         style = (bool(cell.bold), bool(cell.italics), bool(cell.underscore), str(cell.fg))
@@ -88,10 +93,13 @@ def render_row(line: Any, columns: int) -> Row:
         for s in spans
         if s.start < n
     )
-    return Row(text, trimmed, width)
+    return Row(text, trimmed, width, reverse_at)
 
 
 _ZWJ = "\u200d"
+# The kitty keyboard protocol's push/pop/query (`CSI > 1 u`, `CSI < u`, `CSI ? u`; 2.1.332 pops
+# at exit): pyte does not know the private prefix and draws the final `u` as text.
+_KITTY_KEYBOARD = re.compile(rb"\x1b\[[<>=?][0-9;]*u")
 
 
 def _joins_previous(ch: str) -> bool:
@@ -179,6 +187,8 @@ class ScreenReader:
         self.bytes_fed = 0
 
     def feed(self, data: bytes) -> None:
+        if b"u" in data:
+            data = _KITTY_KEYBOARD.sub(b"", data)
         self._stream.feed(data)
         self.seq += 1
         self.bytes_fed += len(data)

@@ -34,10 +34,11 @@ from protocols.model import (
 from . import attachments, tui
 from .broker import Broker, Channel, mcp_result
 from .driver import PtyDriver
+from .isolation import relay_config_dir
 from .screen import ScreenReader, Snapshot
 from .settings import PoolSettings
 from .spawn import build_argv, build_env
-from .transcript import TranscriptTail, TurnLog, config_dir, find_transcript, repair_order
+from .transcript import TranscriptTail, TurnLog, find_transcript, repair_order
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +84,10 @@ class Session:
         resume: bool = False,
         ephemeral: bool = True,
         broker: Broker | None = None,
+        cli_version: str | None = None,
     ) -> None:
         self.spec = spec
+        self.cli_version = cli_version  # named in start-up errors: dialogs differ per version
         self.settings = settings
         self.id = session_id or str(uuid.uuid4())
         self.ephemeral = ephemeral  # stateless: its transcript is deleted when it closes
@@ -99,7 +102,7 @@ class Session:
         self._screen = ScreenReader(settings.columns, settings.rows)
         self._changed = asyncio.Event()
         self._eof = False
-        self._cfg = config_dir(os.environ)
+        self._cfg = relay_config_dir(settings)
         self._tail = TranscriptTail()
         env = build_env(os.environ, settings)
         self._broker = broker
@@ -109,7 +112,15 @@ class Session:
             self.channel = broker.open()
         mcp_url = broker.endpoint(self.channel) if broker and self.channel else None
         self._driver = PtyDriver(
-            build_argv(binary, spec, self.id, resume=resume, settings=settings, mcp_url=mcp_url),
+            build_argv(
+                binary,
+                spec,
+                self.id,
+                resume=resume,
+                settings=settings,
+                mcp_url=mcp_url,
+                cli_version=cli_version,
+            ),
             env=env,
             cwd=str(settings.workspace),
             rows=settings.rows,
@@ -147,6 +158,9 @@ class Session:
         self._changed.clear()
         return self._screen.snapshot()
 
+    def _named(self) -> str:
+        return f"claude {self.cli_version}" if self.cli_version else "claude"
+
     def _log_extra(self) -> dict[str, object]:
         return {"session_id": self.id, "pid": self.pid}
 
@@ -163,7 +177,6 @@ class Session:
                 f"cannot start claude ({self._binary}): {exc}"
             ) from exc
         deadline = time.monotonic() + self.settings.ready_timeout
-        trusted = False
         quiet_since: float | None = None
         seq = -1
         while True:
@@ -172,17 +185,16 @@ class Session:
             st = tui.classify(snap)
             if self._eof:
                 await self._die()
+                log.warning("claude exited during startup; screen:\n%s", _screen_text(snap))
                 raise errors.ServiceUnavailableError(
-                    "claude exited during startup:\n" + _screen_text(snap)
+                    f"{self._named()} exited during startup: {_last_line(snap)}"
                 )
-            if st.dialog == "trust" and not trusted:
-                # The relay's own workspace: claude remembers the answer in ~/.claude.json.
-                self._driver.write(tui.ENTER)
-                trusted = True
-                continue
-            if st.dialog is not None and st.dialog != "trust":
+            if st.dialog is not None:
+                # Trust and onboarding are settled in claude's own state before it starts
+                # (`isolation.prepare`): any dialog now is one the relay does not know how to
+                # settle, and waiting would only turn it into a timeout.
                 await self._die()
-                raise _dialog_error(st)
+                raise _dialog_error(st, self.cli_version)
             if st.ready:
                 quiet_since = quiet_since or time.monotonic()
                 if time.monotonic() - quiet_since >= READY_QUIET:
@@ -195,9 +207,10 @@ class Session:
             quiet_since = None
             if time.monotonic() > deadline:
                 await self._die()
+                log.warning("claude not ready; screen:\n%s", _screen_text(snap))
                 raise errors.ServiceUnavailableError(
-                    f"claude was not ready after {self.settings.ready_timeout:.0f}s; screen:\n"
-                    + _screen_text(snap)
+                    f"{self._named()} was not ready after {self.settings.ready_timeout:.0f}s "
+                    "(its screen is in the daemon's log)"
                 )
         self._tail.path = self._transcript_path()
         if self._tail.path is not None:  # resumed: skip what earlier turns wrote
@@ -297,14 +310,22 @@ class Session:
         if self._tail.path is not None:
             await asyncio.to_thread(self._tail.read)  # catch up: only this turn's lines count
         self._screen.mark()
+        # the previous turn's prompt and reply are still on screen: rows count as this turn's
+        # only once claude has echoed this prompt (an identical prompt looks alike otherwise)
+        echoes = tui.echo_count(self._screen.snapshot())
         parts = (prompt,) if isinstance(prompt, str) else tuple(prompt)
         t0 = time.monotonic()
         await self._submit(parts)
-        async for ev in self._watch(t0, parts, after_tools=False):
+        async for ev in self._watch(t0, parts, after_tools=False, echoes=echoes):
             yield ev
 
     async def _watch(
-        self, t0: float, keys: tuple[str | Path, ...] | None, *, after_tools: bool
+        self,
+        t0: float,
+        keys: tuple[str | Path, ...] | None,
+        *,
+        after_tools: bool,
+        echoes: int = -1,
     ) -> AsyncIterator[TurnEvent]:
         """Follow claude from a submitted prompt (`keys`) or answered tool calls to the turn's end
         (the transcript's turn_duration) or to tool calls it parked with the broker."""
@@ -342,9 +363,11 @@ class Session:
             # a refused call (tool_choice none) is answered inside the turn: the reply follows it
             refused = channel is not None and channel.refuse is not None
             resp = tui.response(snap, after_tools=after_tools or refused)
+            if echoes >= 0 and tui.echo_count(snap) <= echoes:
+                resp = tui.NO_RESPONSE  # still the previous turn's rows
             if st.dialog is not None:
                 self._driver.write(tui.ESC)
-                raise _dialog_error(st)
+                raise _dialog_error(st, self.cli_version)
             if st.busy or resp.rows:
                 if not started:
                     timings["busy"] = now - t0
@@ -545,8 +568,16 @@ def _screen_text(snap: Snapshot) -> str:
     return "\n".join(r.text for r in snap.rows).strip("\n")
 
 
-def _dialog_error(st: tui.ScreenState) -> errors.RelayError:
+def _last_line(snap: Snapshot) -> str:
+    """The screen's last non-blank line, shortened: what a dying claude printed last."""
+    lines = [r.text.strip() for r in snap.rows if r.text.strip()]
+    return lines[-1][:200] if lines else "(nothing on its screen)"
+
+
+def _dialog_error(st: tui.ScreenState, version: str | None) -> errors.RelayError:
     hints = {
+        "trust": "claude asks whether to trust its workspace although the relay recorded that "
+        "trust in claude's state; this claude version may keep it elsewhere",
         "api_key": "claude asks whether to use ANTHROPIC_API_KEY; run `claude` once and approve "
         "it, or unset it to use your subscription login",
         "login": "claude is not logged in; run `claude` once and log in (/login)",
@@ -554,4 +585,9 @@ def _dialog_error(st: tui.ScreenState) -> errors.RelayError:
         "rewind": "claude opened its Rewind dialog",
     }
     hint = hints.get(st.dialog or "", "claude is showing a dialog the relay does not answer")
-    return errors.ServiceUnavailableError(f"{hint}. Screen:\n{st.dialog_text}")
+    named = f"claude {version}" if version else "claude (version unknown)"
+    # The screen goes to the log, not into the error: it can show paths of the user's home.
+    log.warning("%s is showing a dialog:\n%s", named, st.dialog_text)
+    return errors.ServiceUnavailableError(
+        f"{hint} ({named}; `claude-relay doctor --self-test` qualifies a claude version)"
+    )

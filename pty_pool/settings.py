@@ -32,5 +32,8 @@ class PoolSettings:
     # private per-turn directories of image files (default: next to workspace); claude reads the
     # pasted path, so it must not contain spaces
     attachments_dir: Path | None = None
+    # the config dir every claude gets (CLAUDE_CONFIG_DIR; default: next to workspace), owned by
+    # the relay so that nothing of the user's Claude Code setup reaches an API turn
+    claude_config_dir: Path | None = None
     extra_args: tuple[str, ...] = ()
     extra_env: tuple[tuple[str, str], ...] = field(default=())

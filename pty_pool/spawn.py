@@ -2,8 +2,9 @@
 
 The flags make the interactive TUI a plain model endpoint: no built-in tools (unless agent mode
 names some), no MCP servers but the relay's own (the caller's tools, pre-allowed), permission mode
-`dontAsk` so nothing can wait on a permission prompt, skills/slash commands off, no tips under
-the spinner, and a session id chosen by the relay so the transcript file is known in advance.
+`dontAsk` so nothing can wait on a permission prompt, skills/slash commands off, no settings file
+of the user's (`isolation`), and a session id chosen by the relay so the transcript file is known
+in advance.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Mapping
 from protocols import errors
 from protocols.model import SpawnSpec, SystemMode
 
+from . import isolation
 from .broker import SERVER_NAME
 from .settings import PoolSettings
 
@@ -22,9 +24,6 @@ from .settings import PoolSettings
 DEFAULT_MODEL_NAMES = frozenset({"", "default", "auto", "claude", "claude-code", "claude-cli"})
 # argv strings are limited to 128 KiB each on Linux (MAX_ARG_STRLEN).
 MAX_SYSTEM_PROMPT = 100_000
-
-# Variables claude sets for its own children; inherited, they make claude think it is nested.
-_DROP_ENV = ("CLAUDECODE", "CLAUDE_CODE_ENTRYPOINT", "CLAUDE_CODE_SSE_PORT")
 
 
 def resolve_model(requested: str, default: str | None) -> str | None:
@@ -60,6 +59,7 @@ def build_argv(
     resume: bool,
     settings: PoolSettings,
     mcp_url: str | None = None,
+    cli_version: str | None = None,
 ) -> list[str]:
     builtin = ",".join(settings.agent_tools)
     allowed = list(settings.agent_tools)
@@ -73,8 +73,12 @@ def build_argv(
         # would hang the request
         "--permission-mode",
         "dontAsk",
+        # no user, project or local settings file: hooks, plugins, output styles, status line,
+        # `env` and permissions of the user's own setup stay out of API turns
+        "--setting-sources",
+        "",
         "--settings",
-        json.dumps({"spinnerTipsEnabled": False}),
+        json.dumps(isolation.flag_settings(settings, cli_version), separators=(",", ":")),
     ]
     if mcp_url is not None:
         server = {"type": "http", "url": mcp_url}
@@ -93,8 +97,8 @@ def build_argv(
 
 
 def build_env(base: Mapping[str, str], settings: PoolSettings) -> dict[str, str]:
-    """The daemon's environment (so ANTHROPIC_* reach claude), cleaned and bounded."""
-    env = {k: v for k, v in base.items() if k not in _DROP_ENV}
+    """The daemon's environment (so ANTHROPIC_* reach claude), isolated and bounded."""
+    env = isolation.child_env(base, settings)
     env["TERM"] = "xterm-256color"
     env.setdefault("LANG", "C.UTF-8")
     env.setdefault("DISABLE_AUTOUPDATER", "1")

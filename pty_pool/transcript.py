@@ -30,14 +30,6 @@ INTERRUPTED_MARK = "[Request interrupted by user"
 SYNTHETIC_MODEL = "<synthetic>"  # the `model` of entries claude writes itself
 
 
-def config_dir(env: dict[str, str] | os._Environ[str]) -> Path:
-    """Where claude keeps projects/ and sessions/ (CLAUDE_CONFIG_DIR overrides ~/.claude)."""
-    override = env.get("CLAUDE_CONFIG_DIR")
-    if override:
-        return Path(override)
-    return Path(env.get("HOME") or str(Path.home())) / ".claude"
-
-
 def find_transcript(cfg: Path, session_id: str) -> Path | None:
     projects = cfg / "projects"
     try:
@@ -196,6 +188,9 @@ class TurnLog:
                     # a reply), never the model's words
                     continue
                 self.entries.append(e)
+                if e.get("isApiErrorMessage"):
+                    # the turn's last entry: 2.1.332 writes no turn_duration after it
+                    self.done = True
             elif kind == "system" and e.get("subtype") == "turn_duration":
                 self.done = True
 

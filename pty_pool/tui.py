@@ -1,6 +1,7 @@
 """All claude-relay knows about the claude TUI's screen, keys and wording, in one pure module.
 
-Observed on Claude Code v2.1.197 (see docs/tui.md and tests/golden/, recorded from that version).
+Observed on every tested Claude Code version (`versions.TESTED`; docs/tui.md lists each fact with
+the versions it was seen on; tests/golden/<version>/ holds the recordings).
 Input: `Snapshot`s from `pty_pool.screen`; output: plain values (screen state, response rows,
 text deltas) and the bytes to type. No I/O, no asyncio: when claude changes its wording, a golden
 test over a recorded byte stream names what broke, here and nowhere else.
@@ -19,8 +20,6 @@ from wcwidth import wcswidth
 from .attachments import defuse_image_paths
 from .screen import Row, Snapshot
 
-CLI_VERSION_OBSERVED = "2.1.197"
-
 # --- keys --------------------------------------------------------------------------------------
 ESC = b"\x1b"
 ENTER = b"\r"
@@ -30,29 +29,43 @@ CLEAR_INPUT = b"\x1b\x1b"  # only when the input box is non-empty: on an empty o
 
 # --- prompt sanitising -------------------------------------------------------------------------
 # C0 controls other than \t and \n reach the model verbatim or act as keys; ESC can end the
-# bracketed paste early (ESC[201~/exit\r made claude exit), so all of them go.
-_C0 = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
-# `@path` at a word start makes claude read any readable file and send it upstream.
-_AT_WORD = re.compile(r"(^|\s)@")
+# bracketed paste early (ESC[201~/exit\r made claude exit), so all of them go, and the C1 range
+# (8-bit CSI is U+009B) with them.
+_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+# claude's own mention pattern (read in its bundled code, 2.1.197 and 2.1.332): an `@` at the
+# start or after JavaScript's `\s` or one of 。、？！ starts a file mention. JavaScript's `\s` is
+# wider than Python's (U+FEFF), so the class is spelled out.
+JS_SPACES: tuple[str, ...] = (
+    *"\t\n\v\f\r \u00a0\u1680",
+    *(chr(c) for c in range(0x2000, 0x200B)),
+    *"\u2028\u2029\u202f\u205f\u3000\ufeff",
+)
+_AT_WORD = re.compile("(^|[" + re.escape("".join(JS_SPACES)) + "\u3002\u3001\uff1f\uff01])@")
 _ZWSP = "\u200b"
+# A first character claude acts on: `/` slash command, `!` bash mode (runs even with --tools ""),
+# and `#`/`&`, shortcuts some versions had (memory, background): none of them runs on a leading
+# space, which claude keeps in the prompt text.
+_ACTIVE_START = ("/", "!", "#", "&")
 
 
 def sanitize_prompt(text: str, *, at_start: bool = True) -> str:
     """Make `text` safe to paste: it reaches the model as text and runs nothing.
 
-    - CR/CRLF → LF (claude does the same inside a paste), other C0 controls and ESC removed;
-    - a leading `/` (slash command) or `!` (bash mode, runs even with --tools "") gets a leading
-      space, which claude keeps in the prompt text (`at_start`: the text starts the input box;
-      a part pasted after an image does not);
-    - `@` starting a word gets a zero-width space after it so no file is attached;
+    - CR/CRLF → LF (claude does the same inside a paste), other C0/C1 controls and ESC removed;
+    - a leading `/` (slash command), `!` (bash mode), `#` or `&` gets a leading space, which
+      claude keeps in the prompt text (`at_start`: the text starts the input box; a part pasted
+      after an image does not);
+    - `@` starting a word (by claude's own character class) gets a zero-width space after it so
+      no file is attached. 2.1.332 strips zero-width characters before it looks for mentions;
+      there the Read deny rule and CLAUDE_CODE_DISABLE_FILE_MENTIONS (`isolation`) hold;
     - a piece of the paste that claude would take for an image path (`/home/me/x.png`, quoted
       or not: claude reads that file and sends it upstream) gets a zero-width space after it.
     """
     text = text.replace("\r\n", "\n").replace("\r", "\n")
-    text = _C0.sub("", text)
+    text = _CONTROLS.sub("", text)
     text = _AT_WORD.sub(lambda m: m.group(1) + "@" + _ZWSP, text)
     text = defuse_image_paths(text)
-    if at_start and text[:1] in ("/", "!"):
+    if at_start and text[:1] in _ACTIVE_START:
         text = " " + text
     return text
 
@@ -72,25 +85,45 @@ ENTER_DELAY = 0.03  # seconds between the drained paste and its Enter
 # --- screen classification -----------------------------------------------------------------------
 _RULE = re.compile(r"^─{20,}$")
 _PROMPT = re.compile(r"^❯(?:[\u00a0 ]|$)")
-_SPINNER_TITLE = re.compile(r"^[\u2800-\u28ff] ")  # braille spinner while busy
+# the title's spinner while busy: braille dots (2.1.197), half circles (2.1.332)
+_SPINNER_TITLE = re.compile(r"^[\u2800-\u28ff◐◓◑◒] ")
 _IDLE_TITLE = "✳"
-_COMPLETION = re.compile(r"^✻ \S+ for (?:\d+m )?\d+s$")
+# `✻ Sautéed for 5s` (2.1.197); `✻ Crunched for 1s · done 9:59 AM` (2.1.332)
+_COMPLETION = re.compile(r"^✻ \S+ for (?:\d+m )?\d+s(?: · .*)?$")
 _TOKENS = re.compile(r"[↓↑] ([\d.,]+k?) tokens")
 BUSY_FOOTER = "esc to interrupt"
 
 DialogKind = Literal["trust", "api_key", "bypass", "login", "rewind", "unknown"]
 
+# Dialogs are recognised by structure, not wording: claude replaces its input box with a menu
+# whose selected option is drawn `❯ 1. …` and a `Enter to confirm`-style key line. The kinds below
+# only name a dialog for the error message (wording differs between versions: 2.1.332 asks
+# "Accessing workspace: … Quick safety check" where 2.1.197 said "trust this folder").
 _DIALOGS: tuple[tuple[str, DialogKind], ...] = (
     ("trust this folder", "trust"),
+    ("Accessing workspace", "trust"),
     ("Detected a custom API key", "api_key"),
     ("Bypass Permissions mode", "bypass"),
     ("Select login method", "login"),
     ("Invalid API key · Please run /login", "login"),
     ("Restore the code and/or conversation", "rewind"),
-    ("Enter to confirm", "unknown"),
-    ("Do you want to", "unknown"),
-    ("Esc to cancel", "unknown"),
 )
+_MENU_ROW = re.compile(r"^ {1,4}❯ \S")  # indented: the echoed prompt `❯ …` is at column 0
+_KEY_LINE = re.compile(r"^\s*(?:Enter to (?:confirm|continue|select)|Esc to (?:cancel|exit))\b")
+
+
+def _dialog(rows: tuple[Row, ...]) -> DialogKind | None:
+    """The dialog on a screen without an input box, or None. A known wording names the kind;
+    otherwise only a drawn menu plus its key line counts, never a phrase in model text."""
+    text = "\n".join(r.text for r in rows)
+    menu = any(_MENU_ROW.match(r.text) for r in rows)
+    keys = any(_KEY_LINE.match(r.text) for r in rows)
+    for needle, kind in _DIALOGS:
+        if needle in text and (menu or keys):
+            return kind
+    if menu and keys:
+        return "unknown"
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +155,13 @@ def _input_box(rows: tuple[Row, ...]) -> tuple[int, int] | None:
     return None
 
 
+def _placeholder(row: Row, height: int) -> bool:
+    """An empty input box showing a hint (2.1.332: `Resend your message to try again` after an
+    error; 2.1.197: `Press up to edit queued messages`): the drawn cursor sits on the hint's first
+    character, where typed or pasted text always leaves it after its last one."""
+    return height == 1 and row.reverse_at == 2 and len(row.text) > 3
+
+
 def classify(snap: Snapshot) -> ScreenState:
     rows = snap.rows
     box = _input_box(rows)
@@ -132,15 +172,12 @@ def classify(snap: Snapshot) -> ScreenState:
         bottom = next(j for j in range(prompt + 1, len(rows)) if _RULE.match(rows[j].text))
         parts = [rows[prompt].text[2:]] + [r.text.strip() for r in rows[prompt + 1 : bottom]]
         input_text = "\n".join(parts).strip("\u00a0 \n")
+        if _placeholder(rows[prompt], bottom - prompt):
+            input_text = ""
         footer = " ".join(r.text.strip() for r in rows[bottom + 1 :] if r.text.strip())
     busy = BUSY_FOOTER in footer or bool(_SPINNER_TITLE.match(snap.title))
-    dialog: DialogKind | None = None
+    dialog = _dialog(rows) if box is None else None
     screen_text = "\n".join(r.text for r in rows).strip("\n")
-    if box is None:
-        for needle, kind in _DIALOGS:
-            if needle in screen_text:
-                dialog = kind
-                break
     return ScreenState(
         input_box=box is not None,
         input_text=input_text,
@@ -169,7 +206,8 @@ _BLOCK_START = "● "
 # An MCP tool call (v2.1.197): `  Calling api… (ctrl+o to expand)` while it runs, `  Called api 2
 # times (ctrl+o to expand)` after; `● ` instead of the indent when no text precedes it. Only the
 # server name is shown, never the tool, its input or its result.
-_TOOL_ROW = re.compile(r"^(?:● |  )Call(?:ing|ed) \S+(?: \d+ times)?…? \(ctrl\+o to expand\)$")
+# 2.1.332 drops the `(ctrl+o to expand)` hint.
+_TOOL_ROW = re.compile(r"^(?:● |  )Call(?:ing|ed) \S+(?: \d+ times)?…?(?: \(ctrl\+o to expand\))?$")
 _INDENT = "  "
 _ERROR_PREFIXES = ("API Error:",)
 _ERROR_HINTS = (
@@ -192,6 +230,32 @@ def _strip_row(row: Row, n: int) -> Row:
     return Row(row.text[n:], spans, max(0, row.width - n))
 
 
+NO_RESPONSE = Response((), False, False, None, "")
+
+
+def echo_count(snap: Snapshot) -> int:
+    """How many prompts claude has echoed (`❯ text` at column 0) in scrollback and screen."""
+    box = _input_box(snap.rows)
+    rows = snap.all_rows
+    end = len(snap.scrollback) + box[1] if box is not None else len(rows)
+    return sum(1 for r in rows[:end] if _PROMPT.match(r.text) and r.text.strip("❯\u00a0 "))
+
+
+def _before_status_row(rows: tuple[Row, ...], end: int) -> int:
+    """`end`, moved above a right-aligned status row drawn just over the input box (2.1.332:
+    `◐ medium · /effort` at the right edge). Model rows are indented by two columns only; a row
+    that starts past the middle of the screen is claude's own."""
+    j = end
+    while j > 0 and not rows[j - 1].text.strip():
+        j -= 1
+    if j > 0:
+        t = rows[j - 1].text
+        lead = len(t) - len(t.lstrip(" "))
+        if lead >= 20 and lead * 2 >= len(t):
+            return j - 1
+    return end
+
+
 def response(snap: Snapshot, *, after_tools: bool = False) -> Response:
     """Find the reply to the most recent prompt in scrollback + screen.
 
@@ -205,6 +269,7 @@ def response(snap: Snapshot, *, after_tools: bool = False) -> Response:
     rows = snap.all_rows
     box = _input_box(snap.rows)
     end = len(snap.scrollback) + box[0] if box is not None else len(rows)
+    end = _before_status_row(rows, end)
     echo = -1
     for i in range(end - 1, -1, -1):
         if _PROMPT.match(rows[i].text) and rows[i].text.strip("❯\u00a0 "):
@@ -434,11 +499,13 @@ class StreamAssembler:
         if self.diverged:
             return ""
         n = len(self._rows)
+        # 2.1.332 can draw a row before it is complete (`-`, then `- bullet two`)
+        grown = self._grow_last_row(rows[n - 1]) if n and len(rows) >= n else ""
         if [r.text for r in rows[:n]] != [r.text for r in self._rows]:
             # Something already sent was redrawn differently (a table, an error replacing the
             # reply): stop streaming from the screen; `finish` reconciles.
             self.diverged = True
-            return ""
+            return grown
         stable = len(rows)
         # hold back a trailing table block until a blank row follows it
         j = stable
@@ -447,7 +514,7 @@ class StreamAssembler:
         stable = min(stable, j)
         new = rows[n:stable]
         if not new:
-            return ""
+            return grown
         out: list[str] = []
         prev = self._last_md
         for row in _markdown_rows(new):
@@ -456,6 +523,24 @@ class StreamAssembler:
         self._last_md = prev
         self._rows.extend(new)
         delta = "".join(out)
+        self.sent += delta
+        return grown + delta
+
+    def _grow_last_row(self, row: Row) -> str:
+        """The text `row` adds at the end of the last sent row ("" if it is not such a row).
+
+        Only an append is taken: the sent text cannot be taken back, so any other change to a
+        sent row still stops screen streaming (`finish` reconciles)."""
+        last = self._rows[-1]
+        if row.text == last.text or not last.text or not row.text.startswith(last.text):
+            return ""
+        old = self._last_md
+        new = _markdown_rows((row,))[0]
+        if old is None or not new.text.startswith(old.text):
+            return ""
+        delta = new.text[len(old.text) :]
+        self._rows[-1] = row
+        self._last_md = new
         self.sent += delta
         return delta
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from blockbuster import blockbuster_ctx
 
+from daemon.fake_upstream import turn_images
 from pty_pool import attachments as files
 from tests.support import media
-from tests.support.fake_upstream import turn_images
 
 ZWSP = "\u200b"
 

@@ -1,7 +1,8 @@
 """Golden tests: `pty_pool.tui` over PTY byte streams recorded from the real claude CLI.
 
-The recordings (tests/golden/*.jsonl, made by `python -m tests.golden.record`) carry the CLI
-version they came from; when claude changes its screen, these tests say which signal broke.
+The recordings (tests/golden/<cli version>/*.jsonl, made by `./dev.sh record`) carry the CLI
+version they came from; every test runs on the recordings of every tested version, so when claude
+changes its screen the test id names the signal and the version that broke.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ from typing import Any
 
 import pytest
 
-from pty_pool import attachments, tui
+from pty_pool import attachments, tui, versions
 from pty_pool.screen import ScreenReader, Snapshot
 
 GOLDEN = Path(__file__).parent / "golden"
+VERSIONS = pytest.mark.parametrize("version", versions.TESTED)
 
 
 @dataclass
@@ -33,8 +35,8 @@ class Replay:
         return self.snapshots[-1]
 
 
-def replay(name: str) -> Replay:
-    lines = (GOLDEN / f"{name}.jsonl").read_text().splitlines()
+def replay(version: str, name: str) -> Replay:
+    lines = (GOLDEN / version / f"{name}.jsonl").read_text().splitlines()
     header = json.loads(lines[0])
     screen = ScreenReader(header["columns"], header["rows"])
     asm = tui.StreamAssembler(tui.text_width(header["columns"]))
@@ -66,24 +68,48 @@ def _until_turn_end(rp: Replay) -> Snapshot:
     return last
 
 
-def test_recordings_name_the_pinned_cli_version() -> None:
-    pinned = (Path(__file__).parents[1] / "packaging" / "claude-cli-version").read_text().strip()
-    for path in GOLDEN.glob("*.jsonl"):
-        header = json.loads(path.read_text().splitlines()[0])
-        assert header["cli_version"] == pinned == tui.CLI_VERSION_OBSERVED, path.name
+def test_recordings_exist_for_every_tested_version_and_name_it() -> None:
+    names = {p.name for p in (GOLDEN / versions.PINNED).glob("*.jsonl")}
+    assert "prose.jsonl" in names
+    for version in versions.TESTED:
+        paths = sorted((GOLDEN / version).glob("*.jsonl"))
+        assert {p.name for p in paths} == names, version
+        for path in paths:
+            header = json.loads(path.read_text().splitlines()[0])
+            assert header["cli_version"] == version, path
 
 
-def test_startup_trust_dialog_then_ready() -> None:
-    rp = replay("prose")
+@VERSIONS
+def test_seeded_trust_means_no_dialog_at_startup(version: str) -> None:
+    rp = replay(version, "prose")
     states = [tui.classify(s) for s in rp.snapshots[: rp.header["ready_chunk"]]]
-    assert any(st.dialog == "trust" for st in states)
-    assert not any(st.ready for st in states[: next(i for i, s in enumerate(states) if s.dialog)])
+    assert not any(st.dialog for st in states)
     assert states[-1].ready
     assert states[-1].title.startswith("✳")
 
 
-def test_busy_while_streaming_idle_after() -> None:
-    rp = replay("prose")
+@VERSIONS
+def test_unseeded_trust_dialog_is_recognised_and_never_ready(version: str) -> None:
+    rp = replay(version, "trust_dialog")
+    states = [tui.classify(s) for s in rp.snapshots]
+    assert any(st.dialog == "trust" for st in states)
+    assert not any(st.ready for st in states)
+    assert "trust" in rp.header["expect"]["start_error"]
+    assert version in rp.header["expect"]["start_error"]
+
+
+@VERSIONS
+def test_no_model_text_is_ever_taken_for_a_dialog(version: str) -> None:
+    for path in (GOLDEN / version).glob("*.jsonl"):
+        if path.stem == "trust_dialog":
+            continue
+        rp = replay(version, path.stem)
+        assert not any(tui.classify(s).dialog for s in rp.snapshots), path.stem
+
+
+@VERSIONS
+def test_busy_while_streaming_idle_after(version: str) -> None:
+    rp = replay(version, "prose")
     turn = [tui.classify(s) for s in rp.snapshots[rp.header["ready_chunk"] :]]
     assert any(st.busy for st in turn)
     end = tui.classify(_until_turn_end(rp))
@@ -91,8 +117,9 @@ def test_busy_while_streaming_idle_after() -> None:
     assert tui.response(_until_turn_end(rp)).completed
 
 
-def test_prose_streams_exactly_and_incrementally() -> None:
-    rp = replay("prose")
+@VERSIONS
+def test_prose_streams_exactly_and_incrementally(version: str) -> None:
+    rp = replay(version, "prose")
     text = rp.header["text"]
     assert len(rp.deltas) >= 4  # rows arrive while the model writes, not all at the end
     streamed = "".join(rp.deltas)
@@ -100,8 +127,9 @@ def test_prose_streams_exactly_and_incrementally() -> None:
     assert streamed + rp.assembler.finish(text) == text
 
 
-def test_markdown_stream_is_close_and_ends_exact() -> None:
-    rp = replay("markdown")
+@VERSIONS
+def test_markdown_stream_is_close_and_ends_exact(version: str) -> None:
+    rp = replay(version, "markdown")
     text = rp.header["text"]
     streamed = "".join(rp.deltas)
     assert len(rp.deltas) >= 3
@@ -119,8 +147,9 @@ def test_markdown_stream_is_close_and_ends_exact() -> None:
     assert (streamed + rest).endswith("https://example.com/x).")
 
 
-def test_unicode_rows_keep_wide_and_joined_characters() -> None:
-    rp = replay("unicode")
+@VERSIONS
+def test_unicode_rows_keep_wide_and_joined_characters(version: str) -> None:
+    rp = replay(version, "unicode")
     rows = [r.text for r in tui.response(_until_turn_end(rp)).rows]
     assert rows[0] == "中文字符测试 日本語のテキスト 한국어"
     assert "👨\u200d👩\u200d👧" in rows[1]
@@ -128,8 +157,9 @@ def test_unicode_rows_keep_wide_and_joined_characters() -> None:
     assert rows[1].endswith("end.")
 
 
-def test_thinking_summary_is_not_reply_text() -> None:
-    rp = replay("thinking")
+@VERSIONS
+def test_thinking_summary_is_not_reply_text(version: str) -> None:
+    rp = replay(version, "thinking")
     r = tui.response(_until_turn_end(rp))
     assert [row.text for row in r.rows] == ["After thought."]
 
@@ -138,30 +168,34 @@ def test_thinking_summary_is_not_reply_text() -> None:
     ("name", "needle"),
     [("error_500", "API Error: 500"), ("error_401", "Invalid API key")],
 )
-def test_errors_are_recognised(name: str, needle: str) -> None:
-    rp = replay(name)
+@VERSIONS
+def test_errors_are_recognised(version: str, name: str, needle: str) -> None:
+    rp = replay(version, name)
     r = tui.response(_until_turn_end(rp))
     assert r.error_text is not None and needle in r.error_text
     assert tui.classify(_until_turn_end(rp)).ready
 
 
-def test_interrupt_is_recognised_and_prompt_returns() -> None:
-    rp = replay("interrupt")
+@VERSIONS
+def test_interrupt_is_recognised_and_prompt_returns(version: str) -> None:
+    rp = replay(version, "interrupt")
     end = _until_turn_end(rp)
     assert tui.response(end).interrupted
     assert tui.classify(end).ready
 
 
-def test_progress_key_changes_while_streaming() -> None:
-    rp = replay("prose")
+@VERSIONS
+def test_progress_key_changes_while_streaming(version: str) -> None:
+    rp = replay(version, "prose")
     keys = {tui.response(s).progress for s in rp.snapshots[rp.header["ready_chunk"] :]}
     assert len(keys) > 5
 
 
-def test_tool_rows_split_the_reply() -> None:
+@VERSIONS
+def test_tool_rows_split_the_reply(version: str) -> None:
     """Parked in two MCP calls, claude shows `Calling api…`; resumed, the reply follows the
     `Called api 2 times` row. Text before the calls and after them are separate replies."""
-    rp = replay("tools")
+    rp = replay(version, "tools")
     width = tui.text_width(rp.header["columns"])
     expect = rp.header["expect"]
     parked = rp.snapshots[rp.header["outcome"]["parked_at_chunk"] - 1]
@@ -178,10 +212,11 @@ def test_tool_rows_split_the_reply() -> None:
     assert all("Call" not in d for d in rp.deltas)
 
 
-def test_image_paste_shows_a_placeholder_and_stays_out_of_the_reply() -> None:
+@VERSIONS
+def test_image_paste_shows_a_placeholder_and_stays_out_of_the_reply(version: str) -> None:
     """What `Session._attach_image` waits for: `[Image #N]` in the input box after the path
     paste (the path itself never shows), and the `⎿  [Image #1]` row is not reply text."""
-    rp = replay("image")
+    rp = replay(version, "image")
     inputs = [tui.classify(s).input_text for s in rp.snapshots[rp.header["ready_chunk"] :]]
     numbers = [attachments.newest_image(t) for t in inputs]
     assert "What is in [Image #1]" in inputs

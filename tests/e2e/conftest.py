@@ -13,8 +13,8 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 
+from daemon.fake_upstream import FakeUpstream
 from tests.support.claude_env import claude_bin
-from tests.support.fake_upstream import FakeUpstream
 from tests.support.relay_proc import Relay, alive, children_of, start_relay
 
 __all__ = ["Relay", "alive", "children_of", "start_relay"]

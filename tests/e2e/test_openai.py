@@ -18,8 +18,8 @@ import openai
 import pytest
 import pytest_asyncio
 
+from daemon.fake_upstream import FakeUpstream, Reply, ToolUse, Usage
 from tests.support import media
-from tests.support.fake_upstream import FakeUpstream, Reply, ToolUse, Usage
 from tests.support.relay_proc import Relay
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")

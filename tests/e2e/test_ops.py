@@ -21,7 +21,7 @@ import anthropic
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.fake_upstream import FakeUpstream, Reply, Usage
+from daemon.fake_upstream import FakeUpstream, Reply, Usage
 from tests.support.relay_proc import RELAY_BIN, Relay, free_port, start_relay
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")

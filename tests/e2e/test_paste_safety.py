@@ -7,8 +7,8 @@ from pathlib import Path
 import anthropic
 import pytest
 
+from daemon.fake_upstream import FakeUpstream, Reply
 from tests.support import media
-from tests.support.fake_upstream import FakeUpstream, Reply
 from tests.support.relay_proc import Relay
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")

@@ -16,8 +16,8 @@ import anthropic
 import pytest
 import pytest_asyncio
 
+from daemon.fake_upstream import FakeUpstream
 from tests.support.claude_env import make_home
-from tests.support.fake_upstream import FakeUpstream
 from tests.support.relay_proc import Relay, start_relay
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")

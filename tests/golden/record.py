@@ -1,10 +1,12 @@
 """Record the real claude CLI's PTY output for the golden tests of `pty_pool.tui`.
 
-Usage: `.venv/bin/python -m tests.golden.record [NAME ...]` (needs the pinned CLI: ./dev.sh claude).
-Each scenario runs one fresh claude against the fake upstream and writes
-`tests/golden/<name>.jsonl`: a header line (CLI version, terminal size, the model's exact text,
-what the scenario expects) and one line per PTY read (`t` seconds since spawn, `b` base64 bytes),
-so a replay reproduces every intermediate screen the relay saw.
+Usage: `./dev.sh record` (every tested CLI version), or
+`.venv/bin/python -m tests.golden.record [--claude BIN] [NAME ...]` for one binary.
+Each scenario runs one fresh claude, started exactly as the pool starts it (isolated config dir,
+trust seeded), against the fake upstream and writes `tests/golden/<cli version>/<name>.jsonl`: a
+header line (CLI version, terminal size, the model's exact text, what the scenario expects) and
+one line per PTY read (`t` seconds since spawn, `b` base64 bytes), so a replay reproduces every
+intermediate screen the relay saw.
 """
 
 from __future__ import annotations
@@ -22,13 +24,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from daemon.fake_upstream import FakeUpstream, Reply, ToolUse
 from daemon.mcp import serving
 from protocols.model import SpawnSpec, TextBlock, ToolResultBlock, ToolSpec
+from pty_pool import isolation
 from pty_pool.broker import Broker
 from pty_pool.session import Prompt, Session
 from pty_pool.settings import PoolSettings
 from tests.support.claude_env import child_env, claude_bin, make_home
-from tests.support.fake_upstream import FakeUpstream, Reply, ToolUse
 from tests.support.media import png
 
 HERE = Path(__file__).parent
@@ -68,6 +71,8 @@ class Scenario:
     # a PNG written to a private dir and pasted by path between `prompt` and `after_image`
     image: bytes | None = None
     after_image: str = ""
+    # start claude in a workspace whose trust was never recorded: the recording is its dialog
+    untrusted: bool = False
 
 
 SCENARIOS = [
@@ -111,6 +116,7 @@ SCENARIOS = [
 ]
 
 
+SCENARIOS.append(Scenario("trust_dialog", Reply(), untrusted=True))
 SCENARIOS.append(
     Scenario(
         "image",
@@ -139,7 +145,7 @@ def cli_version(binary: str) -> str:
     return out.stdout.split()[0] if out.stdout else "unknown"
 
 
-async def record(sc: Scenario, binary: str) -> None:
+async def record(sc: Scenario, binary: str, version: str) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="golden-"))
     try:
         async with FakeUpstream() as up:
@@ -150,14 +156,29 @@ async def record(sc: Scenario, binary: str) -> None:
                 claude_bin=binary, workspace=tmp / "ws", max_retries=1, columns=100, rows=40
             )
             settings.workspace.mkdir()
+            isolation.prepare(settings, dict(os.environ))
+            if sc.untrusted:
+                settings = PoolSettings(
+                    claude_bin=binary,
+                    workspace=tmp / "untrusted",
+                    claude_config_dir=isolation.relay_config_dir(settings),
+                    columns=100,
+                    rows=40,
+                )
+                settings.workspace.mkdir()
             # errors are retried by claude (max_retries=1 here): script every attempt
             up.push(*([sc.reply] * (3 if sc.reply.status != 200 else 1)))
             if sc.after is not None:
                 up.push(sc.after)
             broker = Broker()
             async with serving(broker):
-                s = Recorder(SpawnSpec(), settings, binary, broker=broker)
-                await s.start()
+                s = Recorder(SpawnSpec(), settings, binary, broker=broker, cli_version=version)
+                try:
+                    await s.start()
+                except Exception as exc:
+                    if not sc.untrusted:
+                        raise
+                    sc.expect["start_error"] = f"{type(exc).__name__}: {exc}"
                 ready_at = len(s.chunks)
                 outcome: dict[str, Any] = {}
                 prompt: Prompt = sc.prompt
@@ -167,6 +188,8 @@ async def record(sc: Scenario, binary: str) -> None:
                     image.write_bytes(sc.image)
                     prompt = (sc.prompt, image, sc.after_image)
                 try:
+                    if sc.untrusted:
+                        raise RuntimeError("not started")
                     async for _ev in s.run_turn(prompt, sc.tools):
                         outcome.setdefault("events", 0)
                         outcome["events"] += 1
@@ -185,7 +208,7 @@ async def record(sc: Scenario, binary: str) -> None:
                     await asyncio.sleep(0.5)
                 await s.close()
             header = {
-                "cli_version": cli_version(binary),
+                "cli_version": version,
                 "columns": settings.columns,
                 "rows": settings.rows,
                 "ready_chunk": ready_at,
@@ -193,7 +216,9 @@ async def record(sc: Scenario, binary: str) -> None:
                 "expect": sc.expect,
                 "outcome": outcome,
             }
-            with (HERE / f"{sc.name}.jsonl").open("w") as f:
+            out = HERE / version
+            out.mkdir(exist_ok=True)
+            with (out / f"{sc.name}.jsonl").open("w") as f:
                 f.write(json.dumps(header, ensure_ascii=False) + "\n")
                 for t, b in s.chunks:
                     f.write(json.dumps({"t": round(t, 4), "b": base64.b64encode(b).decode()}))
@@ -203,11 +228,15 @@ async def record(sc: Scenario, binary: str) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-async def main(names: list[str]) -> None:
-    binary = shutil.which(claude_bin()) or claude_bin()
+async def main(args: list[str]) -> None:
+    binary = claude_bin()
+    if args[:1] == ["--claude"]:
+        binary, args = args[1], args[2:]
+    binary = shutil.which(binary) or binary
+    version = cli_version(binary)
     for sc in SCENARIOS:
-        if not names or sc.name in names:
-            await record(sc, binary)
+        if not args or sc.name in args:
+            await record(sc, binary, version)
 
 
 if __name__ == "__main__":

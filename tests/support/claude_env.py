@@ -1,35 +1,37 @@
-"""A scratch HOME in which the real claude CLI talks to the fake upstream without any dialog.
-
-`~/.claude.json` marks onboarding done and approves the fake API key (claude matches the last 20
-characters of the key, observed on v2.1.197). The workspace trust dialog is left alone on
-purpose: the relay answers it for its own workspace, and the e2e tests exercise that.
-"""
+"""Environment for claude (or a daemon) against the fake upstream, in a realistic scratch HOME
+(`daemon.scratch_home`)."""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
-FAKE_API_KEY = "sk-ant-api03-relay-test-key-0123456789abcdefXYZ"
+from daemon.scratch_home import (
+    FAKE_API_KEY,
+    HOME_MEMORY_MARKER,
+    MARKERS,
+    USER_MEMORY_MARKER,
+    leaks,
+    make_home,
+    markers_dir,
+)
+
+__all__ = [
+    "FAKE_API_KEY",
+    "HOME_MEMORY_MARKER",
+    "MARKERS",
+    "USER_MEMORY_MARKER",
+    "child_env",
+    "claude_bin",
+    "leaks",
+    "make_home",
+    "markers_dir",
+]
 
 
 def claude_bin() -> str:
     """The pinned CLI installed by ./dev.sh (CLAUDE_RELAY_TEST_CLAUDE_BIN), else `claude`."""
     return os.environ.get("CLAUDE_RELAY_TEST_CLAUDE_BIN", "claude")
-
-
-def make_home(home: Path, *, trust: tuple[Path, ...] = ()) -> None:
-    home.mkdir(parents=True, exist_ok=True)
-    state = {
-        "hasCompletedOnboarding": True,
-        "theme": "dark",
-        "customApiKeyResponses": {"approved": [FAKE_API_KEY[-20:]], "rejected": []},
-        "projects": {str(p): {"hasTrustDialogAccepted": True, "allowedTools": []} for p in trust},
-    }
-    path = home / ".claude.json"
-    path.write_text(json.dumps(state))
-    path.chmod(0o600)
 
 
 def child_env(

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import aiohttp
 
+from daemon.fake_upstream import FakeUpstream
 from tests.support.claude_env import child_env, claude_bin, make_home
-from tests.support.fake_upstream import FakeUpstream
 
 RELAY_BIN = str(Path(sys.executable).with_name("claude-relay"))
 

@@ -17,7 +17,7 @@ Failures are scripted too (HTTP error statuses, a dropped connection mid-stream,
 event, a stall, a request whose headers never come), and every request is recorded with how it
 ended, so tests can assert that a client timed out or went away.
 
-Run `python -m tests.support.fake_upstream --port 18080` for an out-of-process instance; it prints
+Run `python -m daemon.fake_upstream --port 18080` for an out-of-process instance; it prints
 its URL on stdout.
 """
 
@@ -1093,7 +1093,7 @@ def _close_transport(request: web.Request) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m tests.support.fake_upstream",
+        prog="python -m daemon.fake_upstream",
         description="Run the fake Anthropic Messages API in the foreground; prints its URL.",
     )
     parser.add_argument("--host", default="127.0.0.1")

@@ -1,0 +1,95 @@
+"""An API turn sees what its caller sent, nothing of the user's own Claude Code setup.
+
+The daemon's HOME (tests/support/claude_env.make_home) is a real user's: hooks that touch marker
+files, an output style, a status line, `env` and permissive `permissions` in settings.json,
+CLAUDE.md files in ~/.claude and in ~ (a parent of the relay's workspace), a user MCP server and
+a history.jsonl of its own. Runs on every tested claude version (./dev.sh test).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import anthropic
+import openai
+import pytest
+
+from daemon.fake_upstream import FakeUpstream, Reply
+from tests.support.claude_env import leaks, make_home
+from tests.support.relay_proc import Relay, start_relay
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+
+async def test_user_setup_never_reaches_a_turn(relay: Relay, up: FakeUpstream) -> None:
+    async with anthropic.AsyncAnthropic(base_url=relay.url, api_key="x", max_retries=0) as sdk:
+        up.push(Reply(text="one"))
+        await sdk.messages.create(
+            model="default", max_tokens=50, messages=[{"role": "user", "content": "hello"}]
+        )
+        up.push(Reply(text="two"))
+        async with sdk.messages.stream(
+            model="default", max_tokens=50, messages=[{"role": "user", "content": "stream"}]
+        ) as s:
+            await s.get_final_message()
+        for turn in ("sticky one", "sticky two"):
+            up.push(Reply(text="ok"))
+            await sdk.messages.create(
+                model="default",
+                max_tokens=50,
+                system="be brief",
+                messages=[{"role": "user", "content": turn}],
+                extra_headers={"X-IR-Session-ID": "isolation-test"},
+            )
+    async with openai.AsyncOpenAI(base_url=relay.url + "/v1", api_key="x", max_retries=0) as oai:
+        up.push(Reply(text="three"))
+        await oai.chat.completions.create(
+            model="default", messages=[{"role": "user", "content": "openai"}]
+        )
+    assert len(up.main_requests) == 5
+    bodies = [r.raw_body for r in up.all_requests]
+    assert leaks(relay.home, bodies) == []
+    for r in up.main_requests:
+        # the relay's settings, not the user's: no output style, no memory section
+        assert "claudeMd" not in r.system_text
+        assert "# claudeMd" not in r.user_text
+
+
+async def test_user_login_is_used_and_left_as_it_was(
+    upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """A subscription login lives in ~/.claude/.credentials.json; the relay's claudes have a
+    config dir of their own, yet send that login's token and leave the file untouched."""
+    home = tmp_path / "home"
+    make_home(home)
+    creds = home / ".claude" / ".credentials.json"
+    token = "sk-ant-oat01-relay-test-access-token"
+    creds.write_text(
+        json.dumps(
+            {
+                "claudeAiOauth": {
+                    "accessToken": token,
+                    "refreshToken": "sk-ant-ort01-relay-test-refresh-token",
+                    "expiresAt": int((time.time() + 86400) * 1000),
+                    "scopes": ["user:inference", "user:profile"],
+                    "subscriptionType": "max",
+                }
+            }
+        )
+    )
+    creds.chmod(0o600)
+    before = creds.read_bytes()
+    upstream.clear()
+    async with start_relay(upstream, home=home, unset=("ANTHROPIC_API_KEY",)) as relay:
+        upstream.push(Reply(text="subscription reply"))
+        async with anthropic.AsyncAnthropic(base_url=relay.url, api_key="x", max_retries=0) as c:
+            reply = await c.messages.create(
+                model="default", max_tokens=50, messages=[{"role": "user", "content": "hi"}]
+            )
+        assert reply.content[0].text == "subscription reply"  # type: ignore[union-attr]
+        assert upstream.main_requests[-1].api_key == token
+    upstream.clear()
+    assert creds.read_bytes() == before
+    assert leaks(home, []) == []
