@@ -21,6 +21,7 @@ from daemon.auth import exposure_error, is_loopback
 from daemon.claude_probe import LOGIN_HELP, AuthStatus
 from daemon.config import Config, default_config_path
 from daemon.license import check_claude as claude_state
+from pty_pool import versions
 from pty_pool.spawn import build_env
 
 Status = Literal["ok", "warn", "fail"]
@@ -43,13 +44,6 @@ def check_config(config_file: Path | None, error: str | None) -> Check:
     return Check("config", "ok", f"{config_file} (valid)")
 
 
-def _pinned_version() -> str | None:
-    try:
-        return (service.templates_dir() / "claude-cli-version").read_text().strip() or None
-    except OSError:
-        return None
-
-
 def check_claude(config: Config, env: Mapping[str, str]) -> list[Check]:
     # What the daemon's sessions will get: PATH lookup and environment as in the pool.
     state = asyncio.run(claude_state(config.claude_bin, build_env(env, config.pool_settings())))
@@ -64,13 +58,13 @@ def check_claude(config: Config, env: Mapping[str, str]) -> list[Check]:
         ]
     if state.version is None:
         return [Check("claude", "fail", f"{state.binary}: {state.error}")]
-    pinned = _pinned_version()
-    if pinned is not None and pinned != state.version:
+    if not versions.supported(state.version):
         claude = Check(
             "claude",
             "warn",
-            f"{state.binary}, version {state.version}; claude-relay is tested with {pinned}, "
-            "and another version may draw its screen differently",
+            f"{state.binary}, version {state.version}; claude-relay is tested with "
+            f"{versions.OLDEST} to {versions.PINNED}, and another version may draw its screen "
+            "differently: `claude-relay doctor --self-test` qualifies it",
         )
     else:
         claude = Check("claude", "ok", f"{state.binary}, version {state.version}")

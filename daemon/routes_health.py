@@ -13,6 +13,8 @@ from aiohttp import web
 
 from daemon import CONFIG_KEY, POOL_KEY, STARTED_KEY
 from daemon.errors import request_info
+from daemon.license import LICENSE_KEY
+from pty_pool import versions
 
 
 def _port(request: web.Request) -> int:
@@ -22,6 +24,20 @@ def _port(request: web.Request) -> int:
     if isinstance(sockname, tuple) and len(sockname) >= 2 and isinstance(sockname[1], int):
         return sockname[1]
     return request.app[CONFIG_KEY].port
+
+
+def _claude(app: web.Application, error: str | None) -> dict[str, object]:
+    """Whether claude can run, and whether its version is one the relay is tested on (the
+    license monitor asks `claude --version` at start and then every few minutes)."""
+    source = app.get(LICENSE_KEY)
+    version = source.state.version if source is not None else None
+    return {
+        "available": error is None,
+        "error": error,
+        "version": version,
+        "supported": versions.supported(version) if version is not None else None,
+        "tested": list(versions.TESTED),
+    }
 
 
 async def get_health(request: web.Request) -> web.Response:
@@ -35,7 +51,7 @@ async def get_health(request: web.Request) -> web.Response:
         "sessions": stats.get("sessions", 0),
         "uptime": round(time.monotonic() - request.app[STARTED_KEY], 3),
         "pool": stats,
-        "claude": {"available": error is None, "error": error},
+        "claude": _claude(request.app, error),
     }
     return web.Response(body=orjson.dumps(body), content_type="application/json")
 

@@ -206,8 +206,10 @@ _BLOCK_START = "● "
 # An MCP tool call (v2.1.197): `  Calling api… (ctrl+o to expand)` while it runs, `  Called api 2
 # times (ctrl+o to expand)` after; `● ` instead of the indent when no text precedes it. Only the
 # server name is shown, never the tool, its input or its result.
-# 2.1.332 drops the `(ctrl+o to expand)` hint.
-_TOOL_ROW = re.compile(r"^(?:● |  )Call(?:ing|ed) \S+(?: \d+ times)?…?(?: \(ctrl\+o to expand\))?$")
+# 2.1.332 drops the hint when all went well and adds ` · 1 failed` when a call failed.
+_TOOL_ROW = re.compile(
+    r"^(?:● |  )Call(?:ing|ed) \S+(?: \d+ times)?(?: · \d+ failed)?…?(?: \(ctrl\+o to expand\))?$"
+)
 _INDENT = "  "
 _ERROR_PREFIXES = ("API Error:",)
 _ERROR_HINTS = (

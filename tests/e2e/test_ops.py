@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -22,12 +23,22 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from daemon.fake_upstream import FakeUpstream, Reply, Usage
+from pty_pool import versions
+from tests.support.claude_env import claude_bin
 from tests.support.relay_proc import RELAY_BIN, Relay, free_port, start_relay
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 BODY = {"model": "default", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]}
-PINNED = (Path(__file__).parents[2] / "packaging" / "claude-cli-version").read_text().strip()
+# the version of the claude under test (./dev.sh test runs the e2e tier on each tested one)
+PINNED = (
+    versions.parse_version(
+        subprocess.run(
+            [claude_bin(), "--version"], capture_output=True, text=True, check=False
+        ).stdout
+    )
+    or "unknown"
+)
 
 
 async def get_json(url: str, **headers: str) -> tuple[int, Any]:

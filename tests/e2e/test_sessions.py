@@ -43,6 +43,8 @@ def roles_and_texts(body: dict[str, object]) -> list[tuple[str, str]]:
     messages = body["messages"]
     assert isinstance(messages, list)
     for m in messages:
+        if m["role"] == "system":
+            continue  # claude's own environment notes (2.1.332), not conversation turns
         content = m["content"]
         if isinstance(content, str):
             out.append((m["role"], content))
@@ -156,7 +158,9 @@ def _write_prompt_after_reply(home: Path, prompt: str) -> None:
     prompt's `user` entry after the reply, and no `last-prompt` pointer (golden:
     tests/golden/transcripts/user-after-reply.jsonl)."""
     [path] = [
-        p for p in (home / ".claude" / "projects").glob("*/*.jsonl") if prompt in p.read_text()
+        p
+        for p in (home / ".local/state/claude-relay/claude-config/projects").glob("*/*.jsonl")
+        if prompt in p.read_text()
     ]
     entries = [json.loads(line) for line in path.read_text().splitlines()]
     user = [e for e in entries if e.get("type") == "user" and e["message"]["content"] == prompt]
