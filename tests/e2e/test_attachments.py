@@ -10,6 +10,7 @@ import asyncio
 import base64
 import re
 import stat
+import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -21,8 +22,9 @@ import pytest
 import pytest_asyncio
 
 from daemon.fake_upstream import Body, FakeUpstream, Reply, ToolUse
+from pty_pool import versions
 from tests.support import media
-from tests.support.claude_env import make_home
+from tests.support.claude_env import claude_bin, make_home
 from tests.support.relay_proc import Relay, start_relay
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -53,22 +55,36 @@ def first_text(msg: anthropic.types.Message) -> str:
     return block.text
 
 
+_VERSION = versions.parse_version(
+    subprocess.run([claude_bin(), "--version"], capture_output=True, text=True, check=False).stdout
+)
+# 2.1.332 wraps text pasted after an image path in `<pasted_content id="…">` tags: the model gets
+# the caller's text, wrapped. Not yet handled (docs/limits.md).
+PASTE_WRAPPED = pytest.mark.xfail(
+    versions.at_least(_VERSION, "2.1.332"),
+    reason="claude 2.1.332 wraps text pasted after an image in <pasted_content> tags",
+    strict=True,
+)
+
+
 def user(*content: dict[str, Any]) -> Any:
     """A user message (typed Any: the SDKs' TypedDict unions do not match dict literals)."""
     return {"role": "user", "content": list(content)}
 
 
 def prompt_texts(body: Body) -> list[str]:
-    """The text blocks of the upstream request's last message, without claude's date reminder
-    and its `[Image: source: …]` notes."""
-    content = body["messages"][-1]["content"]
+    """The text blocks of the upstream request's last user message, without claude's date
+    reminder, its environment notes (2.1.332) and its `[Image: source: …]` notes."""
+    content = [m for m in body["messages"] if m["role"] == "user"][-1]["content"]
     if isinstance(content, str):
         return [content]
     return [
         b["text"]
         for b in content
         if b.get("type") == "text"
-        and not b["text"].startswith(("<system-reminder>", "[Image: source:", "[Image source:"))
+        and not b["text"].startswith(
+            ("<system-reminder>", "[Image: source:", "[Image source:", "# Environment")
+        )
     ]
 
 
@@ -89,6 +105,7 @@ async def oai(relay: Relay) -> AsyncIterator[openai.AsyncOpenAI]:
         yield c
 
 
+@PASTE_WRAPPED
 async def test_png_reaches_the_model_as_an_image_block_in_place(
     sdk: anthropic.AsyncAnthropic, up: FakeUpstream, relay: Relay
 ) -> None:
@@ -131,6 +148,7 @@ async def test_jpeg_gif_webp_pass_byte_identical(
     assert turn_dirs(relay) == []
 
 
+@PASTE_WRAPPED
 async def test_pdf_and_text_documents_reach_the_model_as_text_in_place(
     sdk: anthropic.AsyncAnthropic, up: FakeUpstream
 ) -> None:
@@ -159,6 +177,7 @@ async def test_pdf_and_text_documents_reach_the_model_as_text_in_place(
     assert up.main_requests[-1].images == []
 
 
+@PASTE_WRAPPED
 async def test_openai_pdf_file_part(oai: openai.AsyncOpenAI, up: FakeUpstream) -> None:
     up.on("", lambda body: Reply(text="ok"))
     pdf = media.pdf("Invoice total 99")
@@ -316,6 +335,7 @@ async def test_image_in_tool_result_reaches_the_model(
     assert up.main_requests[-1].images == [("image/png", BLUE)]
 
 
+@PASTE_WRAPPED
 async def test_sticky_conversation_with_images_across_turns(relay: Relay, up: FakeUpstream) -> None:
     up.on("", lambda body: Reply(text="noted"))
     history: list[Any] = []
