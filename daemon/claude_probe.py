@@ -8,15 +8,25 @@ pure and lives here too, next to the facts it depends on (observed on claude 2.1
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import os
-import signal
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
 import orjson
+
+from pty_pool import versions
+from pty_pool.versions import ProbeError
+
+__all__ = [
+    "API_KEY_WARNING",
+    "LOGIN_HELP",
+    "AuthStatus",
+    "ProbeError",
+    "auth_status",
+    "claude_version",
+    "parse_auth_status",
+    "run_claude",
+]
 
 PROBE_TIMEOUT: Final = 15.0  # seconds; `auth status` took 0.7 s on the 2-core test machine
 
@@ -67,10 +77,6 @@ class AuthStatus:
         return "unknown"
 
 
-class ProbeError(Exception):
-    """claude could not be asked (timeout, crash, output that is not the expected JSON)."""
-
-
 def _text(value: object) -> str | None:
     return value if isinstance(value, str) and value else None
 
@@ -98,55 +104,14 @@ def parse_auth_status(output: bytes) -> AuthStatus:
     )
 
 
-def parse_version(output: bytes) -> str:
-    """`2.1.197 (Claude Code)` → `2.1.197`."""
-    words = output.decode(errors="replace").split()
-    if not words:
-        raise ProbeError("`claude --version` printed nothing")
-    return words[0]
-
-
 async def run_claude(
     binary: str, args: tuple[str, ...], env: Mapping[str, str]
 ) -> tuple[int, bytes]:
-    """Run `binary *args` without a terminal; return (exit code, stdout). Raise ProbeError.
-
-    Gives up after PROBE_TIMEOUT; a caller's own deadline or cancellation kills it the same way.
-    """
-    timeout = PROBE_TIMEOUT
-    try:
-        proc = await asyncio.create_subprocess_exec(
-            binary,
-            *args,
-            env=dict(env),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            start_new_session=True,  # its own process group, so a timeout kills its children too
-        )
-    except OSError as exc:
-        raise ProbeError(f"cannot run {binary}: {exc.strerror or exc}") from None
-    try:
-        async with asyncio.timeout(timeout):
-            out, err = await proc.communicate()
-    except TimeoutError:
-        raise ProbeError(f"`claude {' '.join(args)}` did not answer within {timeout:g}s") from None
-    finally:
-        if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            await proc.wait()  # reaped even when the caller was cancelled: no zombie stays
-    if proc.returncode not in (0, 1):
-        detail = err.decode(errors="replace").strip()[:200]
-        raise ProbeError(f"`claude {' '.join(args)}` exited with {proc.returncode}: {detail}")
-    return proc.returncode, out
+    return await versions.run_claude(binary, args, env, PROBE_TIMEOUT)
 
 
 async def claude_version(binary: str, env: Mapping[str, str]) -> str:
-    code, out = await run_claude(binary, ("--version",), env)
-    if code != 0:
-        raise ProbeError(f"`claude --version` exited with {code}")
-    return parse_version(out)
+    return await versions.probe(binary, env, PROBE_TIMEOUT)
 
 
 async def auth_status(binary: str, env: Mapping[str, str]) -> AuthStatus:

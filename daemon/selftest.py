@@ -26,10 +26,10 @@ from daemon.scratch_home import FAKE_API_KEY, leaks, make_home
 from protocols import errors
 from protocols.model import SpawnSpec, TextDelta, TurnResult
 from pty_pool import versions
+from pty_pool.attachments import JS_SPACES
 from pty_pool.isolation import prepare
 from pty_pool.session import Session
 from pty_pool.settings import PoolSettings
-from pty_pool.tui import JS_SPACES
 
 SECRET = "TOP-SECRET-CONTENT-5512"
 PROSE = (
@@ -131,7 +131,7 @@ async def run(binary: str, out: Callable[[Line], None]) -> bool:
         return False
     try:
         version = await versions.probe(path, dict(os.environ))
-    except versions.VersionError as exc:
+    except versions.ProbeError as exc:
         report("version", False, str(exc))
         return False
     window = f"tested window {versions.OLDEST} to {versions.PINNED}"

@@ -35,6 +35,7 @@ from typing import Final, Self
 __all__ = [
     "DIR_PREFIX",
     "EXTENSIONS",
+    "JS_SPACES",
     "TurnFiles",
     "defuse_image_paths",
     "ensure_private_root",
@@ -188,10 +189,13 @@ def sweep(root: Path, older_than: float, *, now: float | None = None) -> int:
 # closes it, and unescaped (`\x` → `x`, `\\` → `\`), then tested against the image extensions.
 _PIECE_SEPARATOR: Final = re.compile(r" (?=/|[A-Za-z]:\\)|\n")
 _IMAGE_PATH: Final = re.compile(r"\.(?:png|jpe?g|gif|webp)$", re.IGNORECASE)
-_JS_SPACE: Final = (
-    "\t\n\v\f\r \u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a"
-    "\u2028\u2029\u202f\u205f\u3000\ufeff"
+# JavaScript's `\s` (and String.prototype.trim): wider than Python's (U+FEFF)
+JS_SPACES: Final = (
+    *"\t\n\v\f\r \u00a0\u1680",
+    *(chr(c) for c in range(0x2000, 0x200B)),
+    *"\u2028\u2029\u202f\u205f\u3000\ufeff",
 )
+_JS_SPACE: Final = "".join(JS_SPACES)
 _ESCAPE: Final = re.compile(r"\\([^\n\r\u2028\u2029])")  # JavaScript's `.`
 _ZWSP: Final = "\u200b"
 # What the input box shows for an attached image; the number counts pastes in the session.

@@ -84,8 +84,10 @@ class PtyDriver:
     def pid(self) -> int | None:
         return None if self._proc is None else int(self._proc.pid)
 
-    async def start(self) -> None:
-        """Fork and exec the child on the spawner thread. Raises OSError for a bad binary."""
+    async def start(self, extra_env: Mapping[str, str] | None = None) -> None:
+        """Fork and exec the child on the spawner thread (with `extra_env` added to its
+        environment: values known only at start). Raises OSError for a bad binary."""
+        self._env.update(extra_env or {})
         self._loop = asyncio.get_running_loop()
         proc = await self._loop.run_in_executor(_SPAWNER, self._spawn)
         self._proc = proc

@@ -30,12 +30,12 @@ import contextlib
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
 
 from . import versions
+from .files import write_private
 from .settings import PoolSettings
 
 # Variables claude sets for its own children; inherited, they make claude think it is nested.
@@ -60,6 +60,19 @@ _LOGIN_KEYS: Final = ("oauthAccount", "primaryApiKey")
 
 def relay_config_dir(settings: PoolSettings) -> Path:
     return settings.claude_config_dir or settings.workspace.parent / "claude-config"
+
+
+def attachments_root(settings: PoolSettings) -> Path:
+    """Where turns write the image files they paste (private per-turn directories)."""
+    return settings.attachments_dir or settings.workspace.parent / "attachments"
+
+
+def claude_tmp_root(settings: PoolSettings) -> Path:
+    """Where each claude gets a private temp dir of its own (CLAUDE_CODE_TMPDIR): 2.1.332 keeps a
+    copy of every pasted image under its temp dir, by default a shared /tmp/claude-<uid>/. Next
+    to the attachments, so it has their properties (private, tmpfs where there is one, no space
+    in the path)."""
+    return attachments_root(settings).parent / "claude-tmp"
 
 
 def user_config_dir(env: Mapping[str, str]) -> Path:
@@ -123,19 +136,6 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _write_private(path: Path, text: str) -> None:
-    """Atomically replace `path` with a 0600 file."""
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def seeded_state(
     ours: Mapping[str, Any], user: Mapping[str, Any], workspaces: tuple[str, ...]
 ) -> dict[str, Any]:
@@ -180,7 +180,7 @@ def prepare(settings: PoolSettings, user_env: Mapping[str, str]) -> Path:
     state = seeded_state(
         _read_json(state_path), _read_json(user_global_config(user_env)), workspaces
     )
-    _write_private(state_path, json.dumps(state, indent=2))
+    write_private(state_path, json.dumps(state, indent=2).encode())
     # Interactive claude appends every prompt to history.jsonl; API prompts are not history.
     history = cfg / "history.jsonl"
     if not history.is_symlink():

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import time
 import uuid
@@ -320,9 +321,7 @@ class Pool:
         self._sticky: dict[str, Sticky] = {}
         state = settings.state_file or settings.workspace.parent / "sessions.json"
         self._store = StickyStore(state)
-        self.attachments_root = (
-            settings.attachments_dir or settings.workspace.parent / "attachments"
-        )
+        self.attachments_root = isolation.attachments_root(settings)
 
     # --- lifetime ------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -339,11 +338,15 @@ class Pool:
         # trust, onboarding and the user's login decisions, in the config dir only the relay's
         # claudes read: settled before any claude starts, so no dialog has to be answered
         await asyncio.to_thread(isolation.prepare, self.settings, dict(os.environ))
+        # temp dirs of claudes a crashed daemon started (its pid is gone); live ones stay
+        await asyncio.to_thread(
+            attachments.sweep, isolation.claude_tmp_root(self.settings), math.inf
+        )
         try:
             self.cli_version = await versions.probe(
                 self._binary, build_env(os.environ, self.settings)
             )
-        except versions.VersionError as exc:
+        except versions.ProbeError as exc:
             log.error("%s", exc)
         else:
             if not versions.supported(self.cli_version):

@@ -31,10 +31,10 @@ from protocols.model import (
     TurnResult,
 )
 
-from . import attachments, tui
+from . import attachments, tui, versions
 from .broker import Broker, Channel, mcp_result
 from .driver import PtyDriver
-from .isolation import relay_config_dir
+from .isolation import claude_tmp_root, relay_config_dir
 from .screen import ScreenReader, Snapshot
 from .settings import PoolSettings
 from .spawn import build_argv, build_env
@@ -88,6 +88,7 @@ class Session:
     ) -> None:
         self.spec = spec
         self.cli_version = cli_version  # named in start-up errors: dialogs differ per version
+        self._wraps = versions.at_least(cli_version, versions.PASTE_WRAP)
         self.settings = settings
         self.id = session_id or str(uuid.uuid4())
         self.ephemeral = ephemeral  # stateless: its transcript is deleted when it closes
@@ -104,6 +105,7 @@ class Session:
         self._eof = False
         self._cfg = relay_config_dir(settings)
         self._tail = TranscriptTail()
+        self._tmp: attachments.TurnFiles | None = None  # claude's own temp dir, made at start
         env = build_env(os.environ, settings)
         self._broker = broker
         # claude's own MCP connection: the caller's tools, and the calls it parks there
@@ -170,8 +172,12 @@ class Session:
         if self._resume:
             await asyncio.to_thread(repair_order, self._transcript_path())
         try:
-            await self._driver.start()
+            self._tmp = await asyncio.to_thread(
+                attachments.TurnFiles.create, claude_tmp_root(self.settings)
+            )
+            await self._driver.start({"CLAUDE_CODE_TMPDIR": str(self._tmp.path)})
         except OSError as exc:
+            await self._drop_tmp()
             self.state = "dead"
             raise errors.ServiceUnavailableError(
                 f"cannot start claude ({self._binary}): {exc}"
@@ -479,7 +485,8 @@ class Session:
                     await self._attach_image(part)
                     continue
                 # only the prompt's very start can make a slash command or bash mode
-                self._driver.write(tui.paste_keys(tui.sanitize_prompt(part, at_start=i == 0)))
+                text = tui.sanitize_prompt(part, at_start=i == 0)
+                self._driver.write(tui.paste_sequence(text, first=i == 0, wraps=self._wraps))
                 await self._driver.drain()
             await asyncio.sleep(tui.ENTER_DELAY)
             self._driver.write(tui.ENTER)
@@ -547,16 +554,25 @@ class Session:
         if self._broker is not None and self.channel is not None:
             self._broker.close(self.channel)
 
+    async def _drop_tmp(self) -> None:
+        tmp, self._tmp = self._tmp, None
+        if tmp is not None:
+            # in a thread that finishes even if the caller is cancelled meanwhile
+            await asyncio.shield(asyncio.to_thread(tmp.cleanup))
+
     async def _die(self) -> None:
         self.state = "dead"
         self._close_channel()
         await self._driver.terminate(grace=1.0)
+        await self._drop_tmp()
 
     async def close(self) -> None:
-        """Terminate claude (process group, reaped) and drop an ephemeral session's files."""
+        """Terminate claude (process group, reaped) and drop its temp dir and, for an ephemeral
+        session, its transcript."""
         self.state = "dead"
         self._close_channel()
         await self._driver.terminate(grace=2.0)
+        await self._drop_tmp()
         if self.ephemeral:
             path = self._tail.path or self._transcript_path()
             if path is not None:

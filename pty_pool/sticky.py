@@ -12,8 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +30,7 @@ from protocols.model import (
     ToolUseBlock,
 )
 
+from .files import write_private
 from .session import Session
 
 
@@ -139,14 +138,4 @@ class StickyStore:
     def save(self, entries: dict[str, dict[str, Any]]) -> None:
         """Write atomically: a crash leaves the old file or the new one, never half of one."""
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".sessions-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:  # mkstemp files are 0600
-                f.write(orjson.dumps({"version": 1, "sessions": entries}))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        write_private(self.path, orjson.dumps({"version": 1, "sessions": entries}))

@@ -9,9 +9,6 @@ entry when a turn ends. Parsing is pure; `TranscriptTail` only remembers a file 
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +19,7 @@ from protocols import errors
 from protocols.model import ContentBlock, StopReason, TextBlock, ToolUseBlock, TurnResult, Usage
 
 from .broker import caller_name
+from .files import write_private
 
 _STOP_REASONS: frozenset[str] = frozenset(
     {"end_turn", "max_tokens", "stop_sequence", "tool_use", "pause_turn", "refusal"}
@@ -106,15 +104,7 @@ def repair_order(path: Path | None) -> bool:
     if fixed is None:
         return False
     body = b"".join(line + b"\n" for line in fixed) + tail
-    fd, tmp = tempfile.mkstemp(prefix=".relay-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(body)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    write_private(path, body)
     return True
 
 

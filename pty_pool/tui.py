@@ -17,7 +17,7 @@ from typing import Literal
 
 from wcwidth import wcswidth
 
-from .attachments import defuse_image_paths
+from .attachments import JS_SPACES, defuse_image_paths
 from .screen import Row, Snapshot
 
 # --- keys --------------------------------------------------------------------------------------
@@ -35,11 +35,6 @@ _CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 # claude's own mention pattern (read in its bundled code, 2.1.197 and 2.1.332): an `@` at the
 # start or after JavaScript's `\s` or one of 。、？！ starts a file mention. JavaScript's `\s` is
 # wider than Python's (U+FEFF), so the class is spelled out.
-JS_SPACES: tuple[str, ...] = (
-    *"\t\n\v\f\r \u00a0\u1680",
-    *(chr(c) for c in range(0x2000, 0x200B)),
-    *"\u2028\u2029\u202f\u205f\u3000\ufeff",
-)
 _AT_WORD = re.compile("(^|[" + re.escape("".join(JS_SPACES)) + "\u3002\u3001\uff1f\uff01])@")
 _ZWSP = "\u200b"
 # A first character claude acts on: `/` slash command, `!` bash mode (runs even with --tools ""),
@@ -80,6 +75,19 @@ def paste_keys(text: str) -> bytes:
 
 
 ENTER_DELAY = 0.03  # seconds between the drained paste and its Enter
+NEWLINE = b"\n"  # Ctrl-J: a newline in the input box, not a submit
+
+
+def paste_sequence(text: str, *, first: bool, wraps: bool) -> bytes:
+    """The keys that put already-sanitised `text` into the input box as it is.
+
+    The first paste of a prompt is one bracketed paste. A later one (text after an image) that
+    spans lines reaches the model wrapped in `<pasted_content id="…">` tags where claude `wraps`
+    (2.1.332), so there its lines go in as one-line pastes joined by typed newlines. 2.1.197 does
+    not wrap, and loses a paste that follows a typed newline at once: it gets the one paste."""
+    if first or not wraps or "\n" not in text:
+        return paste_keys(text)
+    return NEWLINE.join(paste_keys(line) if line else b"" for line in text.split("\n"))
 
 
 # --- screen classification -----------------------------------------------------------------------

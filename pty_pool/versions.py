@@ -44,6 +44,11 @@ def _key(version: str) -> tuple[int, int, int] | None:
 FILE_MENTIONS_SWITCH: Final = "2.1.332"
 
 
+# First tested version that wraps a multi-line paste following another paste of the same prompt
+# in `<pasted_content id="…">` tags (`tui.paste_sequence`).
+PASTE_WRAP: Final = "2.1.332"
+
+
 def at_least(version: str | None, floor: str) -> bool:
     key, low = _key(version or ""), _key(floor)
     return key is not None and low is not None and key >= low
@@ -56,40 +61,53 @@ def supported(version: str | None) -> bool:
     return key is not None and lo is not None and hi is not None and lo <= key <= hi
 
 
-class VersionError(Exception):
-    """The binary did not say it is Claude Code (or could not be run)."""
+class ProbeError(Exception):
+    """claude could not be asked (not found, timeout, crash), or did not say it is Claude Code."""
 
 
-async def probe(binary: str, env: Mapping[str, str]) -> str:
-    """Run `binary --version` (own process group, killed and reaped on timeout or cancel)."""
+async def run_claude(
+    binary: str, args: tuple[str, ...], env: Mapping[str, str], limit: float = PROBE_TIMEOUT
+) -> tuple[int, bytes]:
+    """Run `binary *args` without a terminal; return (exit code, stdout). Raise ProbeError.
+
+    Gives up after `limit` seconds; a caller's own deadline or cancellation kills it the same way.
+    """
     try:
         proc = await asyncio.create_subprocess_exec(
             binary,
-            "--version",
+            *args,
             env=dict(env),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,  # its own process group, so a timeout kills its children too
         )
     except OSError as exc:
-        raise VersionError(f"cannot run {binary}: {exc.strerror or exc}") from None
+        raise ProbeError(f"cannot run {binary}: {exc.strerror or exc}") from None
     try:
-        async with asyncio.timeout(PROBE_TIMEOUT):
-            out, _ = await proc.communicate()
+        async with asyncio.timeout(limit):
+            out, err = await proc.communicate()
     except TimeoutError:
-        raise VersionError(f"`{binary} --version` did not answer in {PROBE_TIMEOUT:g}s") from None
+        raise ProbeError(f"`claude {' '.join(args)}` did not answer within {limit:g}s") from None
     finally:
         if proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
-            await proc.wait()
+            await proc.wait()  # reaped even when the caller was cancelled: no zombie stays
+    if proc.returncode not in (0, 1):
+        detail = err.decode(errors="replace").strip()[:200]
+        raise ProbeError(f"`claude {' '.join(args)}` exited with {proc.returncode}: {detail}")
+    return proc.returncode, out
+
+
+async def probe(binary: str, env: Mapping[str, str], limit: float = PROBE_TIMEOUT) -> str:
+    """`binary --version`, checked to be a Claude Code version line."""
+    code, out = await run_claude(binary, ("--version",), env, limit)
     text = out.decode(errors="replace")
     version = parse_version(text)
-    if proc.returncode != 0 or version is None:
+    if code != 0 or version is None:
         shown = text.strip().splitlines()[0][:120] if text.strip() else "nothing"
-        raise VersionError(
-            f"`{binary} --version` printed {shown!r} (exit {proc.returncode}): "
-            "this is not the Claude Code CLI"
+        raise ProbeError(
+            f"`{binary} --version` printed {shown!r} (exit {code}): this is not the Claude Code CLI"
         )
     return version

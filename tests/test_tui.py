@@ -131,3 +131,20 @@ def test_row_markdown_restores_markers() -> None:
     assert tui.row_markdown(row) == "a **bold** b *it* c `code`"
     assert tui.row_markdown(Row("▎ quoted", (span(2, 8, it=True),))) == "> quoted"
     assert tui.row_markdown(Row("- item", (span(2, 6, bold=True),))) == "- **item**"
+
+
+def test_later_multiline_pastes_are_split_only_where_claude_wraps_them() -> None:
+    p = tui.paste_keys
+    assert tui.paste_sequence("a\n\nb", first=True, wraps=True) == p("a\n\nb")
+    assert tui.paste_sequence("a\n\nb", first=False, wraps=False) == p("a\n\nb")
+    assert tui.paste_sequence("one line", first=False, wraps=True) == p("one line")
+    assert tui.paste_sequence("\n\na\n\nb", first=False, wraps=True) == (
+        b"\n\n" + p("a") + b"\n\n" + p("b")
+    )
+
+
+def test_mentions_are_defused_after_every_javascript_space() -> None:
+    for space in (*tui.JS_SPACES, "\u3002", "\u3001", "\uff1f", "\uff01"):
+        assert tui.sanitize_prompt(f"x{space}@/etc/passwd") == f"x{space}@\u200b/etc/passwd"
+    assert tui.sanitize_prompt("x\x9b201~") == "x201~"  # 8-bit CSI
+    assert tui.sanitize_prompt("# title") == " # title"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import shutil
 import signal
@@ -24,6 +25,14 @@ from daemon.fake_upstream import FakeUpstream
 from tests.support.claude_env import child_env, claude_bin, make_home
 
 RELAY_BIN = str(Path(sys.executable).with_name("claude-relay"))
+
+
+def _term_with_parent() -> None:  # pragma: no cover - runs in the forked child
+    """SIGTERM the daemon when the test process dies without stopping it (a killed pytest): the
+    daemon then shuts down as it does for a user, reaping its claudes, and no daemon is left."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(Exception):
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # PDEATHSIG
 
 
 def free_port() -> int:
@@ -139,6 +148,7 @@ async def start_relay(
             stdout=log,
             stderr=asyncio.subprocess.STDOUT,
             stdin=asyncio.subprocess.DEVNULL,
+            preexec_fn=_term_with_parent,
         )
     workspace = home / ".local" / "state" / "claude-relay" / "workspace"
     relay = Relay(f"http://127.0.0.1:{port}", proc, home, workspace, log_path, e)
