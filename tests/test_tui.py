@@ -145,6 +145,11 @@ def test_later_multiline_pastes_are_split_only_where_claude_wraps_them() -> None
 
 def test_mentions_are_defused_after_every_javascript_space() -> None:
     for space in (*tui.JS_SPACES, "\u3002", "\u3001", "\uff1f", "\uff01"):
-        assert tui.sanitize_prompt(f"x{space}@/etc/passwd") == f"x{space}@\u200b/etc/passwd"
+        out = tui.sanitize_prompt(f"x{space}@/etc/passwd")
+        if space in "\v\f":  # controls: removed, and then `x@` starts no mention
+            assert out == "x@/etc/passwd"
+        else:
+            kept = "\n" if space == "\r" else space
+            assert out == f"x{kept}@\u200b/etc/passwd"
     assert tui.sanitize_prompt("x\x9b201~") == "x201~"  # 8-bit CSI
     assert tui.sanitize_prompt("# title") == " # title"
