@@ -721,12 +721,19 @@ class Pool:
         return out
 
     def recycle(self) -> None:
-        """Replace every idle warm session (SIGHUP): they pick up a new binary or login."""
-        for sessions in self._warm.values():
-            for s in sessions:
-                self._spawn_task(s.close(), "recycle")
+        """Replace every idle warm session (SIGHUP, a login change): they pick up a new binary
+        or login. The user's login decisions are copied into claude's state again first."""
+        idle = [s for sessions in self._warm.values() for s in sessions]
         self._warm.clear()
-        self._wake.set()
+        self._spawn_task(self._recycle(idle), "recycle")
+
+    async def _recycle(self, idle: list[Session]) -> None:
+        try:
+            await asyncio.to_thread(isolation.prepare, self.settings, dict(os.environ))
+        except OSError as exc:
+            log.warning("could not refresh claude's state: %s", exc)
+        self._wake.set()  # only now: replacements start with the refreshed state
+        await asyncio.gather(*(s.close() for s in idle), return_exceptions=True)
 
     def _prune_dead(self) -> None:
         """Drop warm sessions whose claude died while idle; the replenisher replaces them."""

@@ -369,8 +369,11 @@ class Session:
             # a refused call (tool_choice none) is answered inside the turn: the reply follows it
             refused = channel is not None and channel.refuse is not None
             resp = tui.response(snap, after_tools=after_tools or refused)
-            if echoes >= 0 and tui.echo_count(snap) <= echoes:
-                resp = tui.NO_RESPONSE  # still the previous turn's rows
+            if echoes >= 0:
+                if tui.echo_count(snap) <= echoes:
+                    resp = tui.NO_RESPONSE  # still the previous turn's rows
+                else:
+                    echoes = -1  # echoed: no need to count again
             if st.dialog is not None:
                 self._driver.write(tui.ESC)
                 raise _dialog_error(st, self.cli_version)
