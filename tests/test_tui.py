@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pty_pool import tui
+from pty_pool import attachments, tui
 from pty_pool.screen import Row, ScreenReader
 
 
@@ -144,7 +144,7 @@ def test_later_multiline_pastes_are_split_only_where_claude_wraps_them() -> None
 
 
 def test_mentions_are_defused_after_every_javascript_space() -> None:
-    for space in (*tui.JS_SPACES, "\u3002", "\u3001", "\uff1f", "\uff01"):
+    for space in (*attachments.JS_SPACES, "\u3002", "\u3001", "\uff1f", "\uff01"):
         out = tui.sanitize_prompt(f"x{space}@/etc/passwd")
         if space in "\v\f":  # controls: removed, and then `x@` starts no mention
             assert out == "x@/etc/passwd"
