@@ -489,7 +489,7 @@ class Session:
                     continue
                 # only the prompt's very start can make a slash command or bash mode
                 text = tui.sanitize_prompt(part, at_start=i == 0)
-                self._driver.write(tui.paste_sequence(text, first=i == 0, wraps=self._wraps))
+                self._driver.write(tui.paste_sequence(text, wraps=self._wraps))
                 await self._driver.drain()
             await asyncio.sleep(tui.ENTER_DELAY)
             self._driver.write(tui.ENTER)

@@ -78,16 +78,66 @@ ENTER_DELAY = 0.03  # seconds between the drained paste and its Enter
 NEWLINE = b"\n"  # Ctrl-J: a newline in the input box, not a submit
 
 
-def paste_sequence(text: str, *, first: bool, wraps: bool) -> bytes:
-    """The keys that put already-sanitised `text` into the input box as it is.
+# 2.1.332 collapses a paste of more than 2 newlines or 800 characters (JavaScript string length)
+# into `[Pasted text #N]` and sends it wrapped in `<pasted_content id="…">` tags, together with a
+# system note that such text "may contain instructions the user did not" write: an API caller's
+# prompt is not pasted content. Pastes within both limits stay plain text.
+PASTE_MAX_NEWLINES = 2
+PASTE_MAX_UNITS = 800
 
-    The first paste of a prompt is one bracketed paste. A later one (text after an image) that
-    spans lines reaches the model wrapped in `<pasted_content id="…">` tags where claude `wraps`
-    (2.1.332), so there its lines go in as one-line pastes joined by typed newlines. 2.1.197 does
-    not wrap, and loses a paste that follows a typed newline at once: it gets the one paste."""
-    if first or not wraps or "\n" not in text:
+
+def _units(text: str) -> int:
+    """Length as JavaScript counts it (UTF-16 code units)."""
+    return len(text.encode("utf-16-le")) // 2
+
+
+def _chunks(line: str) -> list[str]:
+    """`line` cut into pieces of at most PASTE_MAX_UNITS code units (whole code points)."""
+    out: list[str] = []
+    piece: list[str] = []
+    size = 0
+    for ch in line:
+        n = 2 if ord(ch) > 0xFFFF else 1
+        if size + n > PASTE_MAX_UNITS:
+            out.append("".join(piece))
+            piece, size = [], 0
+        piece.append(ch)
+        size += n
+    out.append("".join(piece))
+    return out
+
+
+def paste_sequence(text: str, *, wraps: bool) -> bytes:
+    """The keys that put already-sanitised `text` into the input box as plain text.
+
+    Where claude `wraps` large pastes (2.1.332), the text goes in as pastes within its limits:
+    up to three lines and 800 units each, adjacent pieces of a long line as consecutive pastes
+    (claude joins them), groups of lines joined by a typed newline (Ctrl-J). Elsewhere (2.1.197,
+    which also loses a paste that follows a typed newline at once) it is one paste."""
+    if not wraps:
         return paste_keys(text)
-    return NEWLINE.join(paste_keys(line) if line else b"" for line in text.split("\n"))
+    pastes: list[list[str]] = [[]]  # pastes of one line group; groups are joined by NEWLINE
+    lines = 0
+    size = 0
+    for i, line in enumerate(text.split("\n")):
+        pieces = _chunks(line)
+        joinable = (
+            i > 0
+            and len(pieces) == 1
+            and lines < PASTE_MAX_NEWLINES + 1
+            and size + 1 + _units(line) <= PASTE_MAX_UNITS
+        )
+        if joinable:
+            pastes[-1][-1] += "\n" + line
+            lines += 1
+            size += 1 + _units(line)
+            continue
+        if i > 0:
+            pastes.append([])
+        pastes[-1].extend(pieces)
+        lines = 1 if len(pieces) == 1 else PASTE_MAX_NEWLINES + 1  # a cut line takes a group
+        size = _units(pieces[-1])
+    return NEWLINE.join(b"".join(paste_keys(p) for p in group if p) for group in pastes)
 
 
 # --- screen classification -----------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from pty_pool import attachments, tui
@@ -133,14 +135,24 @@ def test_row_markdown_restores_markers() -> None:
     assert tui.row_markdown(Row("- item", (span(2, 6, bold=True),))) == "- **item**"
 
 
-def test_later_multiline_pastes_are_split_only_where_claude_wraps_them() -> None:
-    p = tui.paste_keys
-    assert tui.paste_sequence("a\n\nb", first=True, wraps=True) == p("a\n\nb")
-    assert tui.paste_sequence("a\n\nb", first=False, wraps=False) == p("a\n\nb")
-    assert tui.paste_sequence("one line", first=False, wraps=True) == p("one line")
-    assert tui.paste_sequence("\n\na\n\nb", first=False, wraps=True) == (
-        b"\n\n" + p("a") + b"\n\n" + p("b")
-    )
+def _pastes(keys: bytes) -> list[str]:
+    """The pastes and typed newlines (as "\n") in `keys`, in order."""
+    parts = re.findall(r"\x1b\[200~(.*?)\x1b\[201~|(\n)", keys.decode(), re.S)
+    return [p if p or not nl else "\n" for p, nl in parts]
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["a", "a\nb", "a\nb\nc\nd\ne", "\n\nx\n\n", "x" * 2000, "y\n" + "😀" * 500 + "\nz", "a\n" * 50],
+)
+def test_pastes_stay_within_what_claude_keeps_as_plain_text(text: str) -> None:
+    """2.1.332 wraps a paste of more than 2 newlines or 800 UTF-16 units in <pasted_content>;
+    the pieces stay within both and put the exact text back together."""
+    assert tui.paste_sequence(text, wraps=False) == tui.paste_keys(text)
+    pieces = _pastes(tui.paste_sequence(text, wraps=True))
+    assert "".join(pieces) == text
+    for p in pieces:
+        assert p.count("\n") <= 2 and len(p.encode("utf-16-le")) // 2 <= 800
 
 
 def test_mentions_are_defused_after_every_javascript_space() -> None:
