@@ -4,7 +4,8 @@ Claude Code ships about a release a day. This drives the given claude exactly as
 (isolated config dir, the relay's flags, bracketed paste, screen and transcript) in a scratch HOME
 that looks like a real user's (hooks, CLAUDE.md files, an MCP server), against the built-in fake
 upstream on loopback, and prints one line per check: version, start-up without a dialog, a
-streamed turn whose text is exact, the injection corpus (nothing read, run or swallowed), and
+streamed turn whose text is exact, a long multi-line prompt that arrives exactly, the injection
+corpus (nothing read, run or swallowed), and
 isolation from the user's setup. Nothing of the user's own home is touched.
 """
 
@@ -32,6 +33,9 @@ from pty_pool.session import Session
 from pty_pool.settings import PoolSettings
 
 SECRET = "TOP-SECRET-CONTENT-5512"
+# A prompt claude would collapse into `[Pasted text #N]` if pasted whole (lines, a long line,
+# an astral character): it must still reach the model as the exact text, untagged.
+LONG_PROMPT = "line one\nline two\n\n  indented four\n" + "y" * 1200 + "\n😀 end"
 PROSE = (
     "The relay reads claude's screen while the model writes.\n\n"
     + " ".join(f"word{i:02d}" for i in range(40))
@@ -152,6 +156,16 @@ async def run(binary: str, out: Callable[[Line], None]) -> bool:
             report("turn", exact, "transcript text exact" if exact else "reply text differs")
             good = deltas >= 2 and PROSE.startswith(streamed)
             report("stream", good, f"{deltas} deltas, streamed text a prefix of the reply")
+            up.push(Reply(text="ok"))
+            await _turn(session, LONG_PROMPT)
+            sent = up.main_requests[-1].last_user_text
+            report(
+                "paste",
+                sent == LONG_PROMPT,
+                "a 5-line prompt with a 1200-character line arrived exactly"
+                if sent == LONG_PROMPT
+                else f"prompt arrived altered: {sent[:60]!r}",
+            )
             ok = await _injection(session, up, workdir, report) and ok
             found = leaks(home, [r.raw_body for r in up.all_requests])
             report("isolation", not found, "; ".join(found) or "no hook, memory, MCP, history")
