@@ -339,7 +339,8 @@ async def test_sticky_conversation_with_images_across_turns(relay: Relay, up: Fa
         assert r.status == 200
     messages = up.main_requests[-1].body["messages"]
     assert "conversation_history" not in str(messages)
-    assert sum(1 for m in messages for b in m["content"] if b.get("type") == "image") == 2
+    blocks = [b for m in messages if isinstance(m["content"], list) for b in m["content"]]
+    assert sum(1 for b in blocks if b.get("type") == "image") == 2
 
 
 @pytest.mark.timeout(150)  # 50 turns, most on freshly spawned claudes
