@@ -118,6 +118,9 @@ def child_env(base: Mapping[str, str], settings: PoolSettings) -> dict[str, str]
     # "" means "the default place" (~/.claude, and the default keychain entry); a user who set
     # CLAUDE_CONFIG_DIR keeps their login there.
     env.setdefault("CLAUDE_SECURESTORAGE_CONFIG_DIR", base.get("CLAUDE_CONFIG_DIR", ""))
+    # each session replaces this with a private dir of its own; short-lived probes (`--version`,
+    # `auth status`) use the root, never a shared /tmp/claude-<uid>
+    env["CLAUDE_CODE_TMPDIR"] = str(claude_tmp_root(settings))
     env["CLAUDE_CODE_DISABLE_CLAUDE_MDS"] = "1"  # user, project and every parent dir's CLAUDE.md
     env["CLAUDE_CODE_DISABLE_AUTO_MEMORY"] = "1"
     env["CLAUDE_CODE_DISABLE_FILE_MENTIONS"] = "1"  # 2.1.332; older versions rely on READ_DENY

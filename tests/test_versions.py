@@ -54,3 +54,4 @@ def test_file_mentions_are_off_on_every_version() -> None:
     assert env["CLAUDE_SECURESTORAGE_CONFIG_DIR"] == ""
     assert "CLAUDE_RELAY_API_KEYS" not in env
     assert env["CLAUDE_CODE_SHELL_PREFIX"].endswith("false")
+    assert env["CLAUDE_CODE_TMPDIR"] == str(isolation.claude_tmp_root(s))
