@@ -175,7 +175,10 @@ class Session:
             self._tmp = await asyncio.to_thread(
                 attachments.TurnFiles.create, claude_tmp_root(self.settings)
             )
-            await self._driver.start({"CLAUDE_CODE_TMPDIR": str(self._tmp.path)})
+            # claude's temp files (2.1.332: copies of pasted images) go there, and TMPDIR too:
+            # 2.1.197 still made an empty /tmp/claude-<uid> without it
+            private = str(self._tmp.path)
+            await self._driver.start({"CLAUDE_CODE_TMPDIR": private, "TMPDIR": private})
         except OSError as exc:
             await self._drop_tmp()
             self.state = "dead"

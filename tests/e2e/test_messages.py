@@ -391,18 +391,31 @@ async def test_stop_sequences_cut_the_reply(
 async def test_dead_idle_claude_is_replaced(
     sdk: anthropic.AsyncAnthropic, relay: Relay, up: FakeUpstream
 ) -> None:
-    await relay.wait_warm(2)
-    before = await relay.health()
-    # a warm claude, not a sticky one another test may have left (those are replaced on use)
-    async with aiohttp.ClientSession() as s, s.get(relay.url + "/v1/sessions") as r:
-        sticky = {x["pid"] for x in (await r.json())["sessions"]}
-    victim = sorted(children_of(relay.proc.pid) - sticky)[0]
+    # a warm claude: not a sticky one another test may have left (those are replaced on use),
+    # nor one an earlier test's turn is still disposing of (its death is no idle death)
+    async with asyncio.timeout(30):
+        while True:
+            before = await relay.health()
+            async with aiohttp.ClientSession() as s, s.get(relay.url + "/v1/sessions") as r:
+                sticky = {x["pid"] for x in (await r.json())["sessions"]}
+            idle = children_of(relay.proc.pid) - sticky
+            pool = before["pool"]
+            assert isinstance(pool, dict)
+            if (
+                pool["warm"] >= 2
+                and pool["busy"] == pool["starting"] == 0
+                and len(idle) == pool["warm"]
+            ):
+                break
+            await asyncio.sleep(0.05)  # polling a process over HTTP: no event to wait on
+    victim = sorted(idle)[0]
+    before_pool = pool
     os.kill(victim, signal.SIGKILL)
     async with asyncio.timeout(30):
         while True:
             pool = (await relay.health())["pool"]
             assert isinstance(pool, dict)
-            if pool["deaths"] >= 1 and pool["warm"] >= 2:
+            if pool["deaths"] > before_pool["deaths"] and pool["warm"] >= 2:
                 break
             await asyncio.sleep(0.05)
     assert not alive(victim)
