@@ -51,6 +51,10 @@ class RelayPool(Protocol):
     @property
     def claude_error(self) -> str | None: ...
 
+    @property
+    def claude_problem(self) -> str | None:
+        """`claude_error` as a category word, for unauthenticated readers (health)."""
+
 
 CONFIG_KEY = web.AppKey("config", Config)
 POOL_KEY = web.AppKey[RelayPool]("pool")

@@ -276,6 +276,12 @@ class LicensedPool(PoolProxy):
             return state.login_message()
         return self.inner.claude_error
 
+    @property
+    def claude_problem(self) -> str | None:
+        if self._license.state.logged_out:
+            return "logged_out"
+        return self.inner.claude_problem
+
     def open_turn(self, request: TurnRequest) -> TurnHandle:
         state = self._license.state
         if state.logged_out:

@@ -40,3 +40,7 @@ class PoolProxy:
     @property
     def claude_error(self) -> str | None:
         return self.inner.claude_error
+
+    @property
+    def claude_problem(self) -> str | None:
+        return self.inner.claude_problem

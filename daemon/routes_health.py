@@ -26,14 +26,18 @@ def _port(request: web.Request) -> int:
     return request.app[CONFIG_KEY].port
 
 
-def _claude(app: web.Application, error: str | None) -> dict[str, object]:
+def _claude(app: web.Application, problem: str | None) -> dict[str, object]:
     """Whether claude can run, and whether its version is one the relay is tested on (the
-    license monitor asks `claude --version` at start and then every few minutes)."""
+    license monitor asks `claude --version` at start and then every few minutes).
+
+    Health is open to anyone who can connect, so a failure is a category word
+    (`claude_not_found`, `dialog:login`, …); the message, which can name paths under the home
+    directory or quote claude's screen, is in the daemon's log and in the API errors."""
     source = app.get(LICENSE_KEY)
     version = source.state.version if source is not None else None
     return {
-        "available": error is None,
-        "error": error,
+        "available": problem is None,
+        "error": problem,
         "version": version,
         "supported": versions.supported(version) if version is not None else None,
         "tested": list(versions.TESTED),
@@ -44,14 +48,14 @@ async def get_health(request: web.Request) -> web.Response:
     request_info(request).quiet = True
     pool = request.app[POOL_KEY]
     stats = pool.stats()
-    error = pool.claude_error
+    problem = pool.claude_problem
     body = {
-        "status": "degraded" if error is not None else "ok",
+        "status": "degraded" if problem is not None else "ok",
         "port": _port(request),
         "sessions": stats.get("sessions", 0),
         "uptime": round(time.monotonic() - request.app[STARTED_KEY], 3),
         "pool": stats,
-        "claude": _claude(request.app, error),
+        "claude": _claude(request.app, problem),
     }
     return web.Response(body=orjson.dumps(body), content_type="application/json")
 

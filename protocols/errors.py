@@ -15,12 +15,20 @@ class RelayError(Exception):
     openai_code: str | None = None
 
     def __init__(
-        self, message: str, *, param: str | None = None, retry_after: float | None = None
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        retry_after: float | None = None,
+        category: str | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
         self.retry_after = retry_after
+        # a fixed word for what went wrong, for places that must not show the message
+        # (unauthenticated /v1/health: the message may name paths or screen text)
+        self.category = category
 
 
 class InvalidRequestError(RelayError):
@@ -86,3 +94,15 @@ class ServiceUnavailableError(RelayError):
     status = 503
     anthropic_type = "api_error"
     openai_type = "server_error"
+
+
+EXCERPT_CHARS = 60
+
+
+def excerpt(value: object, limit: int = EXCERPT_CHARS) -> str:
+    """`repr(value)` cut to about `limit` characters: an error names what it refused without
+    echoing a 150 KB input back (or a secret pasted by mistake in full)."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… ({len(text)} characters)"

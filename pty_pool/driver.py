@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -28,11 +29,28 @@ log = logging.getLogger(__name__)
 # for whatever is left.
 READ_CHUNK = 64 * 1024
 _PR_SET_PDEATHSIG = 1
+# Linux limits one argv/environment string to 32 pages (MAX_ARG_STRLEN) and all of them together
+# to a quarter of the stack limit (8 MiB by default); stay well inside the latter.
+MAX_ARG_STRLEN = 128 * 1024
+MAX_EXEC_BYTES = 1024 * 1024
 
 # Forks happen on one long-lived thread: PR_SET_PDEATHSIG fires when the *forking thread* exits,
 # so that thread must live as long as the daemon, and spawning (which stats the binary and reads
 # the exec-error pipe) must not run on the event loop. Executor workers never exit on their own.
 _SPAWNER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pty-spawn")
+# When the spawn now running on that thread began (monotonic), for health: a fork+exec takes
+# milliseconds, so one that has not returned for long means every later spawn waits behind it.
+_spawning_since: float | None = None
+SPAWN_STUCK_AFTER = 30.0
+
+
+def spawner_stuck() -> float | None:
+    """Seconds the current spawn has been running, if over SPAWN_STUCK_AFTER; else None."""
+    since = _spawning_since
+    if since is None:
+        return None
+    running = time.monotonic() - since
+    return running if running > SPAWN_STUCK_AFTER else None
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the forked child
@@ -48,6 +66,65 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the forked child
     # The daemon may ignore signals (e.g. SIGINT during shutdown); the child must not inherit that.
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE):
         signal.signal(sig, signal.SIG_DFL)
+
+
+class SpawnRefused(ValueError):
+    """argv or environment that exec could never take; refused before anything is forked."""
+
+
+def check_exec_args(argv: Sequence[str], env: Mapping[str, str]) -> None:
+    """Refuse what would make exec fail in the forked child.
+
+    An embedded NUL (or `=` in a variable name) makes `os.execvpe` raise ValueError, which
+    ptyprocess does not catch: the forked copy of the daemon then never exits and the spawner
+    thread waits on its error pipe for good. Over-long strings fail with E2BIG, which is reported
+    cleanly, but there is no point forking for it.
+    """
+    if not argv:
+        raise SpawnRefused("empty argv")
+    for arg in argv:
+        if "\0" in arg:
+            raise SpawnRefused("an argument contains a NUL character")
+        if len(arg.encode(errors="surrogateescape")) >= MAX_ARG_STRLEN:
+            raise SpawnRefused(f"an argument is longer than {MAX_ARG_STRLEN - 1} bytes")
+    total = sum(len(a.encode(errors="surrogateescape")) + 1 for a in argv)
+    for key, value in env.items():
+        if not key or "=" in key or "\0" in key or "\0" in value:
+            raise SpawnRefused(f"environment variable {key[:40]!r} cannot be passed to exec")
+        entry = len(key.encode(errors="surrogateescape")) + len(
+            value.encode(errors="surrogateescape")
+        )
+        if entry + 1 >= MAX_ARG_STRLEN:
+            raise SpawnRefused(f"environment variable {key[:40]!r} is too long")
+        total += entry + 2
+    if total > MAX_EXEC_BYTES:
+        raise SpawnRefused(f"argv and environment take {total} bytes (limit {MAX_EXEC_BYTES})")
+
+
+_EXEC_ERRNO = "exec failed, errno "
+
+
+def _child_exec(argv: Sequence[str], env: Mapping[str, str], cwd: str) -> Callable[[], None]:
+    """The child's last steps, run as ptyprocess's `preexec_fn`: chdir and exec *here*.
+
+    ptyprocess reports only OSError from its own chdir/exec; anything else (ValueError, …)
+    would unwind a forked copy of the daemon that never exits. Inside preexec_fn every
+    `Exception` is written to the error pipe and the child `_exit`s, so exec happens here and
+    whatever it raises is turned into one.
+    """
+
+    def run() -> None:  # pragma: no cover - runs in the forked child
+        try:
+            _die_with_parent()
+            os.chdir(cwd)
+            os.execvpe(argv[0], list(argv), dict(env))
+        except OSError as exc:
+            # ptyprocess reports a preexec_fn failure's class and message, not its errno
+            raise RuntimeError(f"{_EXEC_ERRNO}{exc.errno}:{exc.strerror}") from None
+        except BaseException as exc:  # nothing may unwind past the fork
+            raise RuntimeError(f"{type(exc).__name__}: {exc}") from None
+
+    return run
 
 
 class PtyDriver:
@@ -84,10 +161,16 @@ class PtyDriver:
     def pid(self) -> int | None:
         return None if self._proc is None else int(self._proc.pid)
 
-    async def start(self, extra_env: Mapping[str, str] | None = None) -> None:
+    async def start(
+        self, extra_env: Mapping[str, str] | None = None, argv: Sequence[str] | None = None
+    ) -> None:
         """Fork and exec the child on the spawner thread (with `extra_env` added to its
-        environment: values known only at start). Raises OSError for a bad binary."""
+        environment: values known only at start). Raises OSError for a bad binary, SpawnRefused
+        (before forking) for argv or environment exec could not take."""
         self._env.update(extra_env or {})
+        if argv is not None:  # known only at start (names files made for this child)
+            self._argv = list(argv)
+        check_exec_args(self._argv, self._env)
         self._loop = asyncio.get_running_loop()
         proc = await self._loop.run_in_executor(_SPAWNER, self._spawn)
         self._proc = proc
@@ -97,13 +180,21 @@ class PtyDriver:
         log.debug("spawned", extra={"pid": proc.pid})
 
     def _spawn(self) -> PtyProcess:
+        global _spawning_since  # noqa: PLW0603 - one spawner thread, read by health
+        _spawning_since = time.monotonic()
+        try:
+            return self._fork()
+        finally:
+            _spawning_since = None
+
+    def _fork(self) -> PtyProcess:
+        failure: Exception
         try:
             return PtyProcess.spawn(
                 self._argv,
-                cwd=self._cwd,
                 env=self._env,
                 echo=False,
-                preexec_fn=_die_with_parent,
+                preexec_fn=_child_exec(self._argv, self._env, self._cwd),
                 dimensions=(self._rows, self._cols),
             )
         except OSError as exc:
@@ -111,6 +202,12 @@ class PtyDriver:
             failure = exc
             if exc.errno and not exc.strerror:  # ptyprocess re-raises exec errors bare
                 failure = OSError(exc.errno, f"{os.strerror(exc.errno)}: {self._argv[0]}")
+        except Exception as exc:  # the child's preexec_fn failed (see _child_exec)
+            code, _, message = str(exc).removeprefix(_EXEC_ERRNO).partition(":")
+            if str(exc).startswith(_EXEC_ERRNO) and code.isdigit():
+                failure = OSError(int(code), f"{message}: {self._argv[0]}")
+            else:
+                failure = OSError(errno.ENOEXEC, f"{exc}: {self._argv[0]}")
         # When exec fails after the fork, ptyprocess's half-made PtyProcess (kept alive by the
         # traceback) holds a zombie and the PTY fd; collecting it here runs its __del__, which
         # reaps the child and sleeps briefly — on this thread, not on the event loop.

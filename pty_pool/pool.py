@@ -36,8 +36,9 @@ from protocols.model import (
 from protocols.render import render_parts
 from protocols.tools import trailing_results
 
-from . import attachments, isolation, versions
+from . import attachments, isolation, tui, versions
 from .broker import Broker
+from .driver import spawner_stuck
 from .session import ClaudeExited, Prompt, Session
 from .settings import PoolSettings
 from .spawn import build_env, find_claude, spawn_spec
@@ -84,8 +85,12 @@ class Turn:
         self._gen: AsyncGenerator[TurnEvent, None] | None = None
         self._admitted = False
         self._has_slot = False
+        self._spec: SpawnSpec | None = None
 
     async def __aenter__(self) -> Turn:
+        # a request claude could not be started with, or one with nothing to say, is a 400
+        # before it takes a place in the queue (and, streamed, before the 200 is committed)
+        self._spec = check_request(self._request, self._pool.settings)
         self._pool._admit(self)
         self._admitted = True
         return self
@@ -160,7 +165,7 @@ class Turn:
                 async for ev in session.resume_turn(_tool_results(req)):
                     yield ev
                 return
-            spec = spawn_spec(req.model, req.system, pool.settings)
+            spec = self._spec or spawn_spec(req.model, req.system, pool.settings)
             prompt = await self._prompt(files, req.messages)
             for attempt in (1, 2):
                 session = await pool._acquire(spec)
@@ -192,7 +197,7 @@ class Turn:
         async with sticky.lock:
             await self._take_slot()
             try:
-                spec = spawn_spec(req.model, req.system, pool.settings)
+                spec = self._spec or spawn_spec(req.model, req.system, pool.settings)
                 session = pool._unpark(req, sticky)
                 resume = session is not None
                 if session is None and (sticky.session is None or sticky.session.state != "parked"):
@@ -293,6 +298,26 @@ class Turn:
             self._admitted = False
 
 
+def check_request(req: TurnRequest, settings: PoolSettings) -> SpawnSpec:
+    """The request's spawn settings, or a 400: values that would reach claude's argv are
+    checked (`spawn_spec`), and a final user message that is empty once sanitised for the
+    paste (only control characters or whitespace) would leave claude nothing to answer."""
+    spec = spawn_spec(req.model, req.system, settings)
+    last = req.messages[-1] if req.messages else None
+    if (
+        last is not None
+        and last.role == "user"
+        and all(isinstance(b, TextBlock) for b in last.content)
+        and not tui.sanitize_prompt(last.text).strip()
+    ):
+        raise errors.InvalidRequestError(
+            f"messages.{len(req.messages) - 1}: the message has no text once control "
+            "characters and surrounding whitespace are removed",
+            param="messages",
+        )
+    return spec
+
+
 class Pool:
     def __init__(self, settings: PoolSettings, broker: Broker | None = None) -> None:
         self.settings = settings
@@ -308,6 +333,7 @@ class Pool:
         self._binary: str | None = None
         self.cli_version: str | None = None  # what `claude --version` said at start
         self._claude_error: str | None = None
+        self._claude_problem: str | None = None  # its category (`RelayError.category`)
         self._closing = False
         self._wake = asyncio.Event()
         self._closed = asyncio.Event()  # set when close() starts; background loops end on it
@@ -315,6 +341,9 @@ class Pool:
         self._warmed = asyncio.Event()  # set whenever a session becomes warm (or fails to)
         self._waiters: dict[SpawnSpec, int] = {}  # turns waiting for a starting session
         self._backoff = 0.0
+        # spawn settings whose claude failed to start: not warmed again (a request's bad value
+        # must not poison the warm pool) until a request's own spawn of them succeeds
+        self._failed: set[SpawnSpec] = set()
         self.spawned = 0
         self.deaths = 0
         self.started = time.time()
@@ -333,6 +362,7 @@ class Pool:
                 f"claude binary not found: {self.settings.claude_bin!r} "
                 "(install Claude Code or pass --claude-bin)"
             )
+            self._claude_problem = "claude_not_found"
             log.error("%s", self._claude_error)
             return
         # trust, onboarding and the user's login decisions, in the config dir only the relay's
@@ -460,7 +490,7 @@ class Pool:
             # is cheaper than a second cold spawn competing for the same CPU.
             if self._starting.get(spec, 0) <= self._waiters.get(spec, 0):
                 break
-            if self._claude_error is not None:
+            if self._claude_error is not None or spec in self._failed:
                 break  # warm-ups are failing (and backing off): fail fast on our own spawn
             if time.monotonic() > deadline:
                 break
@@ -479,11 +509,21 @@ class Pool:
         self._busy.add(session)
         try:
             await session.start()
-        except BaseException:
+        except BaseException as exc:
             self._busy.discard(session)
             await session.close()
+            if isinstance(exc, errors.RelayError):
+                self._spawn_failed(spec)
             raise
+        self._failed.discard(spec)
         return session
+
+    def _spawn_failed(self, spec: SpawnSpec) -> None:
+        """Stop warming `spec`: warming falls back to the default (or another recent) spec."""
+        if spec != self._default_spec():
+            self._failed.add(spec)
+            self._recent.pop(spec, None)
+            self._wake.set()
 
     def _release(self, session: Session) -> None:
         self._busy.discard(session)
@@ -500,7 +540,9 @@ class Pool:
         while not self._closing:
             self._wake.clear()
             self._prune_dead()
-            target = next(reversed(self._recent)) if self._recent else self._default_spec()
+            target = next(
+                (s for s in reversed(self._recent) if s not in self._failed), self._default_spec()
+            )
             have = len(self._warm.get(target, [])) + self._starting.get(target, 0)
             if have < self.settings.warm and not self._closing:
                 # make room: warm sessions of older specs go first
@@ -526,7 +568,8 @@ class Pool:
             self.spawned += 1
             await session.start()
             self._backoff = 0.0
-            self._claude_error = None
+            self._claude_error = self._claude_problem = None
+            self._failed.discard(spec)
             if self._closing:
                 await session.close()
                 return
@@ -535,9 +578,15 @@ class Pool:
             session.on_death = self._wake.set  # an idle claude that dies is replaced at once
             session = None
         except errors.RelayError as exc:
-            self._claude_error = exc.message
-            self._backoff = min(_SPAWN_BACKOFF_MAX, max(1.0, self._backoff * 2))
             log.error("warming a claude session failed: %s", exc.message)
+            if spec != self._default_spec():
+                # that spec's own problem (a request's model or system prompt): the pool is
+                # not degraded, it just stops warming it
+                self._spawn_failed(spec)
+            else:
+                self._claude_error = exc.message
+                self._claude_problem = exc.category or "start_failed"
+                self._backoff = min(_SPAWN_BACKOFF_MAX, max(1.0, self._backoff * 2))
         finally:
             # only now, with the session in `_warm`, may waiters look again
             self._starting[spec] -= 1
@@ -773,4 +822,17 @@ class Pool:
     @property
     def claude_error(self) -> str | None:
         """Why claude cannot be started (e.g. binary not found), or None."""
+        if self._claude_error is None and (stuck := spawner_stuck()) is not None:
+            return f"a claude spawn has not returned for {stuck:.0f}s"
         return self._claude_error
+
+    @property
+    def claude_problem(self) -> str | None:
+        """`claude_error` as a category word (`claude_not_found`, `spawn_failed`,
+        `exited_at_start`, `not_ready`, `dialog:<kind>`, `spawner_stuck`), or None: what an
+        unauthenticated /v1/health shows, since the message can name paths of the home dir."""
+        if self._claude_error is None and spawner_stuck() is not None:
+            return "spawner_stuck"
+        if self._claude_error is None:
+            return None
+        return self._claude_problem or "start_failed"

@@ -33,11 +33,12 @@ from protocols.model import (
 
 from . import attachments, tui, versions
 from .broker import Broker, Channel, mcp_result
-from .driver import PtyDriver
+from .driver import PtyDriver, SpawnRefused
+from .files import write_private
 from .isolation import claude_tmp_root, relay_config_dir
 from .screen import ScreenReader, Snapshot
 from .settings import PoolSettings
-from .spawn import build_argv, build_env
+from .spawn import MCP_CONFIG_FILE, SYSTEM_PROMPT_FILE, build_argv, build_env, private_args
 from .transcript import TranscriptTail, TurnLog, find_transcript, repair_order
 
 log = logging.getLogger(__name__)
@@ -112,17 +113,9 @@ class Session:
         self.channel: Channel | None = None
         if broker is not None and broker.url is not None:
             self.channel = broker.open()
-        mcp_url = broker.endpoint(self.channel) if broker and self.channel else None
+        self._mcp_url = broker.endpoint(self.channel) if broker and self.channel else None
         self._driver = PtyDriver(
-            build_argv(
-                binary,
-                spec,
-                self.id,
-                resume=resume,
-                settings=settings,
-                mcp_url=mcp_url,
-                cli_version=cli_version,
-            ),
+            [binary],  # the argv names this claude's private files, made in start()
             env=env,
             cwd=str(settings.workspace),
             rows=settings.rows,
@@ -178,12 +171,15 @@ class Session:
             # claude's temp files (2.1.332: copies of pasted images) go there, and TMPDIR too:
             # 2.1.197 still made an empty /tmp/claude-<uid> without it
             private = str(self._tmp.path)
-            await self._driver.start({"CLAUDE_CODE_TMPDIR": private, "TMPDIR": private})
-        except OSError as exc:
+            await self._driver.start(
+                {"CLAUDE_CODE_TMPDIR": private, "TMPDIR": private},
+                await asyncio.to_thread(self._argv, self._tmp.path),
+            )
+        except (OSError, SpawnRefused) as exc:
             await self._drop_tmp()
             self.state = "dead"
             raise errors.ServiceUnavailableError(
-                f"cannot start claude ({self._binary}): {exc}"
+                f"cannot start claude ({self._binary}): {exc}", category="spawn_failed"
             ) from exc
         deadline = time.monotonic() + self.settings.ready_timeout
         quiet_since: float | None = None
@@ -196,7 +192,8 @@ class Session:
                 await self._die()
                 log.warning("claude exited during startup; screen:\n%s", _screen_text(snap))
                 raise errors.ServiceUnavailableError(
-                    f"{self._named()} exited during startup: {_last_line(snap)}"
+                    f"{self._named()} exited during startup: {_last_line(snap)}",
+                    category="exited_at_start",
                 )
             if st.dialog is not None:
                 # Trust and onboarding are settled in claude's own state before it starts
@@ -219,13 +216,32 @@ class Session:
                 log.warning("claude not ready; screen:\n%s", _screen_text(snap))
                 raise errors.ServiceUnavailableError(
                     f"{self._named()} was not ready after {self.settings.ready_timeout:.0f}s "
-                    "(its screen is in the daemon's log)"
+                    "(its screen is in the daemon's log)",
+                    category="not_ready",
                 )
         self._tail.path = self._transcript_path()
         if self._tail.path is not None:  # resumed: skip what earlier turns wrote
             await asyncio.to_thread(self._tail.read)
         self.state = "ready"
         log.info("session ready", extra=self._log_extra())
+
+    def _argv(self, private: Path) -> list[str]:
+        """claude's argv, with the system prompt and MCP config written (0600) into `private`,
+        the dir that is deleted with this claude. Blocking: call from a thread."""
+        named = {}
+        for name, data in private_args(self.spec, self._mcp_url).items():
+            named[name] = private / name
+            write_private(named[name], data)
+        return build_argv(
+            self._binary,
+            self.spec,
+            self.id,
+            resume=self._resume,
+            settings=self.settings,
+            mcp_config=named.get(MCP_CONFIG_FILE),
+            system_file=named.get(SYSTEM_PROMPT_FILE),
+            cli_version=self.cli_version,
+        )
 
     def _transcript_path(self) -> Path | None:
         guess = (
@@ -431,8 +447,13 @@ class Session:
                         resubmitted += 1
                         continue
                 if now - pasted > 10.0:
+                    log.warning(
+                        "claude did not accept the prompt; screen:\n%s",
+                        _screen_text(snap),
+                        extra=self._log_extra(),
+                    )
                     raise errors.ApiError(
-                        "claude did not accept the prompt; screen:\n" + _screen_text(snap)
+                        "claude did not accept the prompt (its screen is in the daemon's log)"
                     )
             if started and st.busy and now - progress_t > settings.stall_timeout:
                 await self.interrupt()
@@ -611,5 +632,6 @@ def _dialog_error(st: tui.ScreenState, version: str | None) -> errors.RelayError
     # The screen goes to the log, not into the error: it can show paths of the user's home.
     log.warning("%s is showing a dialog:\n%s", named, st.dialog_text)
     return errors.ServiceUnavailableError(
-        f"{hint} ({named}; `claude-relay doctor --self-test` qualifies a claude version)"
+        f"{hint} ({named}; `claude-relay doctor --self-test` qualifies a claude version)",
+        category=f"dialog:{st.dialog or 'unknown'}",
     )

@@ -10,8 +10,10 @@ in advance.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from collections.abc import Mapping
+from pathlib import Path
 
 from protocols import errors
 from protocols.model import SpawnSpec, SystemMode
@@ -22,23 +24,50 @@ from .settings import PoolSettings
 
 # Placeholders clients send when they mean "whatever the relay uses by default".
 DEFAULT_MODEL_NAMES = frozenset({"", "default", "auto", "claude", "claude-code", "claude-cli"})
-# argv strings are limited to 128 KiB each on Linux (MAX_ARG_STRLEN).
-MAX_SYSTEM_PROMPT = 100_000
+# The system prompt reaches claude in a private file (argv is readable by every local user), so
+# the limit is not exec's; it only bounds what one request can make the relay write and hold.
+MAX_SYSTEM_PROMPT = 1_000_000
+# A model name becomes `--model <name>`: letters, digits and the punctuation of real ids and
+# aliases (`claude-sonnet-4-5-20250929`, `sonnet[1m]`, `us.anthropic.claude…:0`,
+# `arn:aws:bedrock:…/…`), starting with a letter or digit so it can never read as a flag.
+MAX_MODEL = 256
+_MODEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@\[\]+-]*")
+
+
+def check_model(model: str) -> str:
+    """`model` as the client sent it, stripped, or a 400 before it can reach argv."""
+    name = model.strip()
+    if len(name) > MAX_MODEL:
+        raise errors.InvalidRequestError(
+            f"model: the model name is longer than {MAX_MODEL} characters", param="model"
+        )
+    if name.lower() not in DEFAULT_MODEL_NAMES and not _MODEL.fullmatch(name):
+        raise errors.InvalidRequestError(
+            f"model: {errors.excerpt(name)} is not a model name (letters, digits and . _ : / @ "
+            "[ ] + -, starting with a letter or digit)",
+            param="model",
+        )
+    return name
 
 
 def resolve_model(requested: str, default: str | None) -> str | None:
     """The `--model` value for a request's `model` (None: claude's own default)."""
-    if requested.strip().lower() in DEFAULT_MODEL_NAMES:
+    name = check_model(requested)
+    if name.lower() in DEFAULT_MODEL_NAMES:
         return default
-    return requested.strip()
+    return name
 
 
 def spawn_spec(model: str, system: str | None, settings: PoolSettings) -> SpawnSpec:
-    if system is not None and len(system.encode()) > MAX_SYSTEM_PROMPT:
+    """The spawn settings a request needs; a 400 for values claude could not be started with."""
+    if system is not None and len(system.encode(errors="surrogatepass")) > MAX_SYSTEM_PROMPT:
         raise errors.InvalidRequestError(
-            f"system: the system prompt is longer than {MAX_SYSTEM_PROMPT} bytes, "
-            "which claude-relay cannot pass to claude",
+            f"system: the system prompt is longer than {MAX_SYSTEM_PROMPT} bytes",
             param="system",
+        )
+    if system is not None and "\0" in system:
+        raise errors.InvalidRequestError(
+            "system: the system prompt contains a NUL character", param="system"
         )
     mode: SystemMode = "replace" if settings.system_mode == "replace" else "append"
     return SpawnSpec(
@@ -58,9 +87,13 @@ def build_argv(
     *,
     resume: bool,
     settings: PoolSettings,
-    mcp_url: str | None = None,
+    mcp_config: Path | None = None,
+    system_file: Path | None = None,
     cli_version: str | None = None,
 ) -> list[str]:
+    """claude's argv. What a request or a secret decides — the system prompt, the MCP
+    endpoint with its token — is in private files (`mcp_config`, `system_file`: see
+    `write_private_args`), never in argv, which every local user can read in /proc."""
     builtin = ",".join(settings.agent_tools)
     allowed = list(settings.agent_tools)
     argv = [
@@ -80,20 +113,37 @@ def build_argv(
         "--settings",
         json.dumps(isolation.flag_settings(settings, cli_version), separators=(",", ":")),
     ]
-    if mcp_url is not None:
-        server = {"type": "http", "url": mcp_url}
-        argv += ["--mcp-config", json.dumps({"mcpServers": {SERVER_NAME: server}})]
+    if mcp_config is not None:
+        argv += ["--mcp-config", str(mcp_config)]
         allowed.append(f"mcp__{SERVER_NAME}")
     if allowed:
         argv += ["--allowedTools", ",".join(allowed)]
     argv += ["--resume", session_id] if resume else ["--session-id", session_id]
     if spec.model:
         argv += ["--model", spec.model]
-    if spec.system:
-        flag = "--system-prompt" if spec.system_mode == "replace" else "--append-system-prompt"
-        argv += [flag, spec.system]
+    if spec.system and system_file is not None:
+        replace = spec.system_mode == "replace"
+        argv += ["--system-prompt-file" if replace else "--append-system-prompt-file"]
+        argv += [str(system_file)]
     argv += list(settings.extra_args)
     return argv
+
+
+def private_args(spec: SpawnSpec, mcp_url: str | None) -> dict[str, bytes]:
+    """The files `build_argv` names, by file name: the MCP config (its URL carries the
+    channel's token) and the system prompt. Written 0600 into the claude's private temp dir,
+    they live exactly as long as that claude."""
+    files: dict[str, bytes] = {}
+    if mcp_url is not None:
+        server = {"type": "http", "url": mcp_url}
+        files[MCP_CONFIG_FILE] = json.dumps({"mcpServers": {SERVER_NAME: server}}).encode()
+    if spec.system:
+        files[SYSTEM_PROMPT_FILE] = spec.system.encode(errors="surrogatepass")
+    return files
+
+
+MCP_CONFIG_FILE = "mcp.json"
+SYSTEM_PROMPT_FILE = "system-prompt.md"
 
 
 def build_env(base: Mapping[str, str], settings: PoolSettings) -> dict[str, str]:

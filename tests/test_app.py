@@ -129,6 +129,10 @@ class FakePool:
     def claude_error(self) -> str | None:
         return self._claude_error
 
+    @property
+    def claude_problem(self) -> str | None:
+        return None if self._claude_error is None else "claude_not_found"
+
 
 # --- helpers -----------------------------------------------------------------------------------
 
@@ -453,7 +457,11 @@ async def test_health_is_degraded_without_claude(make_client: MakeClient) -> Non
         assert resp.status == 200
         payload = await resp.json()
     assert payload["status"] == "degraded"
-    assert (payload["claude"]["available"], payload["claude"]["error"]) == (False, "not found")
+    # a category word only: health is unauthenticated, and messages can name home-dir paths
+    assert (payload["claude"]["available"], payload["claude"]["error"]) == (
+        False,
+        "claude_not_found",
+    )
 
 
 async def test_app_owns_the_pool_lifetime(make_client: MakeClient) -> None:

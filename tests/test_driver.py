@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from blockbuster import BlockingError, blockbuster_ctx
 
-from pty_pool.driver import PtyDriver
+from pty_pool.driver import PtyDriver, SpawnRefused
 from tests.helpers.proc import children, helper, reaped, running, state, until
 
 pytestmark = pytest.mark.timeout(20)
@@ -333,3 +333,54 @@ def _clean_up_failed_spawn(exc: BaseException) -> None:
             proc.closed = True
             return
         tb = tb.tb_next
+
+
+# --- argv exec could never take ------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("argv", "env", "why"),
+    [
+        (["/bin/true", "x\0y"], {}, "NUL"),
+        (["/bin/true"], {"A": "b\0c"}, "cannot be passed"),
+        (["/bin/true"], {"A=B": "c"}, "cannot be passed"),
+        (["/bin/true", "x" * (128 * 1024)], {}, "longer than"),
+        (["/bin/true"], {"BIG": "x" * (200 * 1024)}, "too long"),
+        (["/bin/true"] + ["x" * 100_000] * 12, {}, "limit"),
+    ],
+)
+async def test_unexecutable_argv_is_refused_before_forking(
+    tmp_path: Path, argv: list[str], env: dict[str, str], why: str
+) -> None:
+    before = set(children())
+    driver = PtyDriver(
+        argv, env=env, cwd=str(tmp_path), rows=24, cols=80, on_output=print, on_eof=print
+    )
+    with pytest.raises(SpawnRefused, match=why):
+        await driver.start()
+    assert driver.pid is None
+    assert set(children()) == before
+
+
+async def test_a_child_that_cannot_exec_never_outlives_the_fork(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without the pre-fork check, a NUL in argv made os.execvpe raise ValueError in the forked
+    child, which ptyprocess does not catch: a copy of the daemon that never exited, and a spawner
+    thread blocked on its error pipe for good (every later spawn hung). The child now execs in
+    its own preexec step, where any failure is reported and ends the fork."""
+    monkeypatch.setattr("pty_pool.driver.check_exec_args", lambda argv, env: None)
+    before = set(children())
+    child = Child(["/bin/true", "x\0y"], tmp_path)
+    with pytest.raises(OSError, match="ValueError") as failed:
+        await asyncio.wait_for(child.driver.start(), 10.0)
+    try:
+        forked = set(children()) - before
+        await until(
+            lambda: all(not running(p) for p in forked), timeout=5.0, what="the fork to exit"
+        )
+        # and the spawner thread is free: the next spawn works
+        ok = Child([sys.executable, "-c", "print('next')"], tmp_path)
+        await asyncio.wait_for(ok.driver.start(), 10.0)
+        await ok.expect(b"next")
+        assert await ok.exited() == 0
+    finally:
+        _clean_up_failed_spawn(failed.value)

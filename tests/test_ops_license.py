@@ -252,7 +252,7 @@ async def test_logged_out_claude_gets_a_503_that_says_how_to_log_in(
     async with client.get("/v1/health") as resp:
         health = await resp.json()
     assert health["status"] == "degraded"
-    assert "not logged in" in health["claude"]["error"]
+    assert health["claude"]["error"] == "logged_out"
 
     async with client.get("/v1/license") as resp:
         lic = await resp.json()

@@ -119,6 +119,34 @@ async def test_claude_exiting_at_startup_is_reported(fake: FakeClaude) -> None:
     await assert_all_gone(fake, [])
 
 
+async def test_a_spec_whose_claude_fails_to_start_fails_only_its_request(
+    fake: FakeClaude,
+) -> None:
+    """A request's own spawn settings (here a system prompt this claude exits on) fail that
+    request; the pool is not degraded and does not keep warming those settings."""
+    pool = fake.pool(
+        extra_env=(
+            ("FAKE_CLAUDE_EXIT", "1"),
+            ("FAKE_CLAUDE_EXIT_ON", "--append-system-prompt-file"),
+        )
+    )
+    await pool.start()
+    await until(lambda: pool.stats()["warm"] == 1, timeout=10.0, what="a warm session")
+    bad = dataclasses.replace(REQUEST, system="a system prompt this claude cannot start with")
+    with pytest.raises(errors.ServiceUnavailableError, match="exited during startup"):
+        async with pool.open_turn(bad) as turn:
+            async for _ in turn:
+                pass
+    assert pool.claude_error is None and pool.claude_problem is None
+    # warming is back on the default settings, not on the ones that failed
+    await until(lambda: pool.stats()["warm"] == 1, timeout=10.0, what="a warm default session")
+    assert [spec.system for spec in pool._warm if pool._warm[spec]] == [None]
+    assert pool._recent and all(spec.system is None for spec in pool._recent)
+    spawned = pool.stats()["spawned"]
+    assert pool.stats()["starting"] == 0 and pool.stats()["spawned"] == spawned
+    await pool.close(grace=0)
+
+
 # --- warming and stats --------------------------------------------------------------------------
 async def test_warm_sessions_and_stats(fake: FakeClaude) -> None:
     pool = fake.pool(warm=2, max_busy=3, max_queue=5)

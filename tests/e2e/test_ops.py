@@ -192,7 +192,7 @@ async def test_a_logged_out_claude_gets_a_login_hint_not_a_hang(
 
         status, health = await get_json(out.url + "/v1/health")
         assert (status, health["status"]) == (200, "degraded")
-        assert "not logged in" in health["claude"]["error"]
+        assert health["claude"]["error"] == "logged_out"
 
         async with (
             asyncio.timeout(10),

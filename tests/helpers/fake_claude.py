@@ -7,6 +7,7 @@ turn on it stays busy until the relay gives up. Knobs, from the environment:
 
   FAKE_CLAUDE_READY_DELAY=<seconds>  show only a banner this long before drawing the prompt
   FAKE_CLAUDE_EXIT=<code>            show a banner and exit at once with this status
+  FAKE_CLAUDE_EXIT_ON=<flag>         ...only when started with this flag (e.g. a system prompt)
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ def main() -> None:
     cols = os.get_terminal_size(1).columns
     out("\x1b[2J\x1b[H fake claude\r\n\r\n")
     code = os.environ.get("FAKE_CLAUDE_EXIT")
-    if code is not None:
+    only_on = os.environ.get("FAKE_CLAUDE_EXIT_ON")
+    if code is not None and (only_on is None or only_on in sys.argv):
         out("fake claude: failing on purpose\r\n")
         sys.exit(int(code))
     time.sleep(float(os.environ.get("FAKE_CLAUDE_READY_DELAY", "0")))

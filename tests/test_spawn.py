@@ -1,0 +1,107 @@
+"""What a request can put into claude's argv: checked values (400 before any spawn), and no
+secret or client text in argv at all (other local users can read /proc/<pid>/cmdline)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from protocols import errors
+from protocols.model import ImageBlock, Message, TextBlock, TurnRequest
+from pty_pool.broker import SERVER_NAME
+from pty_pool.pool import check_request
+from pty_pool.settings import PoolSettings
+from pty_pool.spawn import (
+    MCP_CONFIG_FILE,
+    SYSTEM_PROMPT_FILE,
+    build_argv,
+    private_args,
+    spawn_spec,
+)
+
+SETTINGS = PoolSettings()
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        "-p",
+        "--print",
+        "--dangerously-skip-permissions",
+        "x\0y",
+        "sonnet --tools Bash",
+        "a" * 257,
+        "a" * 200_000,
+        "claude\nopus",
+    ],
+)
+def test_a_model_that_could_reach_argv_as_anything_but_a_name_is_a_400(model: str) -> None:
+    with pytest.raises(errors.InvalidRequestError) as refused:
+        spawn_spec(model, None, SETTINGS)
+    assert refused.value.param == "model"
+    assert len(refused.value.message) < 300  # an excerpt, never the 200 KB value
+
+
+@pytest.mark.parametrize(
+    ("model", "flag"),
+    [
+        ("default", None),
+        ("", None),
+        ("claude-sonnet-4-5-20250929", "claude-sonnet-4-5-20250929"),
+        ("sonnet[1m]", "sonnet[1m]"),
+        ("opus", "opus"),
+        (
+            "us.anthropic.claude-sonnet-4-5-20250929-v1:0",
+            "us.anthropic.claude-sonnet-4-5-20250929-v1:0",
+        ),
+        (" haiku ", "haiku"),
+    ],
+)
+def test_real_model_names_pass(model: str, flag: str | None) -> None:
+    assert spawn_spec(model, None, SETTINGS).model == flag
+
+
+def test_a_system_prompt_with_nul_is_a_400() -> None:
+    with pytest.raises(errors.InvalidRequestError, match="NUL") as refused:
+        spawn_spec("default", "be brief\0", SETTINGS)
+    assert refused.value.param == "system"
+
+
+def test_system_prompt_and_mcp_token_are_in_files_not_argv(tmp_path: Path) -> None:
+    system = "You are a pirate. SECRET-SYSTEM-MARKER"
+    url = "http://127.0.0.1:7421/mcp/SECRET-TOKEN-MARKER"
+    spec = spawn_spec("opus", system, SETTINGS)
+    files = private_args(spec, url)
+    assert files[SYSTEM_PROMPT_FILE].decode() == system
+    assert json.loads(files[MCP_CONFIG_FILE])["mcpServers"][SERVER_NAME]["url"] == url
+    argv = build_argv(
+        "/bin/claude",
+        spec,
+        "00000000-0000-0000-0000-000000000000",
+        resume=False,
+        settings=SETTINGS,
+        mcp_config=tmp_path / MCP_CONFIG_FILE,
+        system_file=tmp_path / SYSTEM_PROMPT_FILE,
+    )
+    joined = "\0".join(argv)
+    assert "SECRET" not in joined
+    assert argv[argv.index("--append-system-prompt-file") + 1] == str(tmp_path / SYSTEM_PROMPT_FILE)
+    assert argv[argv.index("--mcp-config") + 1] == str(tmp_path / MCP_CONFIG_FILE)
+
+
+def _req(*content: TextBlock | ImageBlock, model: str = "default") -> TurnRequest:
+    return TurnRequest(messages=(Message("user", content),), model=model, max_tokens=16)
+
+
+@pytest.mark.parametrize("text", ["\0", "\x1b\x1b", "   ", "\n\t\r", "\x9b\x85"])
+def test_a_prompt_empty_once_sanitised_is_a_400(text: str) -> None:
+    with pytest.raises(errors.InvalidRequestError, match="no text") as refused:
+        check_request(_req(TextBlock(text)), SETTINGS)
+    assert refused.value.param == "messages"
+
+
+def test_a_prompt_with_text_or_an_image_passes() -> None:
+    check_request(_req(TextBlock(" \0hi ")), SETTINGS)
+    check_request(_req(ImageBlock("image/png", b"\x89PNG")), SETTINGS)
