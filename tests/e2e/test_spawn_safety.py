@@ -37,7 +37,10 @@ async def _healthy_after(relay: Relay, up: FakeUpstream) -> None:
     assert msg.content[0].text == "still fine"  # type: ignore[union-attr]
     # every child of the daemon is a claude that exec'd: no forked copy of the daemon
     for pid in children_of(relay.proc.pid):
-        exe = await asyncio.to_thread(os.readlink, f"/proc/{pid}/exe")
+        try:
+            exe = await asyncio.to_thread(os.readlink, f"/proc/{pid}/exe")
+        except FileNotFoundError:
+            continue  # a disposed claude, just reaped
         assert "python" not in Path(exe).name, exe
 
 

@@ -304,7 +304,12 @@ def _mcp_endpoints(relay: Relay) -> list[str]:
         except OSError:
             continue
         if b"--mcp-config" in argv:
-            config = json.loads(argv[argv.index(b"--mcp-config") + 1])
+            # a private file: the URL carries the channel's token, so it is not in argv
+            path = Path(argv[argv.index(b"--mcp-config") + 1].decode())
+            try:
+                config = json.loads(path.read_text())
+            except OSError:
+                continue  # that claude is just closing
             urls.append(config["mcpServers"]["api"]["url"])
     return urls
 
