@@ -96,6 +96,11 @@ class Channel:
         self._notes.put_nowait(LIST_CHANGED)
         return True
 
+    def nudge(self) -> None:
+        """Tell claude again that the tool list changed (it did not fetch it after the first)."""
+        if not self.listed:
+            self._notes.put_nowait(LIST_CHANGED)
+
     def list_tools(self) -> list[dict[str, Any]]:
         self._listed_version = self._version
         self._listed.set()

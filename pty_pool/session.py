@@ -62,6 +62,7 @@ TRANSCRIPT_GRACE = 3.0  # idle screen but no turn_duration yet: give the file th
 READY_QUIET = 0.25
 RESUBMIT_AFTER = 1.5  # no echo, not busy, empty input this long after a paste: it was lost
 TOOLS_LISTED_TIMEOUT = 5.0  # claude re-lists tools at once on list_changed (~10 ms measured)
+TOOLS_LIST_TRIES = 2
 # ...but applies the new list a moment later: a prompt sent right after the re-list still went out
 # without the tools in 1 of 8 tries (v2.1.197); 50 ms sufficed in 12 of 12. There is no signal
 # to wait for, so this fixed settle is paid whenever a claude's tool set changes.
@@ -325,9 +326,24 @@ class Session:
             else None
         )
         if channel.set_tools(tools):
-            if not await channel.wait_listed(TOOLS_LISTED_TIMEOUT):
-                raise errors.ApiError(
-                    f"claude did not reload its tool list within {TOOLS_LISTED_TIMEOUT:.0f}s"
+            for _ in range(TOOLS_LIST_TRIES):
+                if await channel.wait_listed(TOOLS_LISTED_TIMEOUT):
+                    break
+                # Under load (3 of ~430 tool turns) claude let a list_changed pass; asking
+                # again is harmless: it only makes claude fetch tools/list once more.
+                log.warning(
+                    "claude did not re-list its tools; notifying again", extra=self._log_extra()
+                )
+                channel.nudge()
+            else:
+                # This claude's MCP link is not working: it must not run the turn without the
+                # caller's tools. Ending it lets the pool retry on another claude (the prompt
+                # was not sent), or resume a sticky conversation in a new one.
+                await self._die()
+                raise ClaudeExited(
+                    "claude did not reload its tool list "
+                    f"within {TOOLS_LISTED_TIMEOUT * TOOLS_LIST_TRIES:.0f}s",
+                    answered=False,
                 )
             await asyncio.sleep(TOOLS_SETTLE)
 

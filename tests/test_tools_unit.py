@@ -62,6 +62,18 @@ async def test_channel_parks_calls_until_answered() -> None:
     assert broker.get(channel.token) is None
 
 
+async def test_a_missed_list_changed_is_sent_again_until_claude_lists() -> None:
+    channel = Broker().open()
+    channel.set_tools((WEATHER,))
+    notes = aiter(channel.notifications())
+    assert await anext(notes) == LIST_CHANGED
+    channel.nudge()  # claude did not fetch the list: tell it again
+    assert await anext(notes) == LIST_CHANGED
+    channel.list_tools()
+    channel.nudge()  # listed: nothing more to say
+    assert channel._notes.empty()
+
+
 async def test_closing_a_channel_answers_parked_calls_with_an_error() -> None:
     broker = Broker()
     channel = broker.open()
