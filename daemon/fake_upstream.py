@@ -368,6 +368,7 @@ class RecordedRequest:
     message_id: str | None = None
     outcome: Outcome | None = None
     finished_time: float | None = None  # time.monotonic() when the answer ended
+    sent_deltas: int = 0  # streamed deltas written so far
 
     @property
     def finished(self) -> bool:
@@ -988,6 +989,9 @@ class FakeUpstream:
                     await self._pause(reply.delay)
                 sent += 1
             await _write(response, event.frame)
+            record.sent_deltas = sent
+            if event.is_delta:
+                self._notify()
         await _write_eof(response)
         self._finish(record, "complete")
 

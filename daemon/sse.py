@@ -9,14 +9,17 @@ return, not an exception, so the handler simply leaves its `async with turn` and
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable
 from typing import Final, TypeVar
 
 from aiohttp import web
 
+from daemon import CONFIG_KEY
 from daemon.errors import REQUEST_ID_HEADER, request_info
 
 _T = TypeVar("_T")
+log = logging.getLogger(__name__)
 
 SSE_HEADERS: Final = {
     "content-type": "text/event-stream; charset=utf-8",
@@ -103,9 +106,21 @@ class SSEWriter:
         if not frame:
             return True
         try:
-            await self.response.write(frame)
+            # A client that stops reading fills the socket buffer and the write waits on it:
+            # past the write timeout it counts as gone, so the turn is interrupted and its slot
+            # freed instead of being held by a reader that never comes back.
+            async with asyncio.timeout(self.request.app[CONFIG_KEY].write_timeout):
+                await self.response.write(frame)
         except ConnectionResetError:
             self.disconnected = True
+        except TimeoutError:
+            log.info(
+                "stream reader stalled; dropping it",
+                extra={"request_id": request_info(self.request).request_id},
+            )
+            self.disconnected = True
+            if self.request.transport is not None:
+                self.request.transport.abort()
         return not self.disconnected
 
     async def relay(

@@ -4,6 +4,7 @@ admission errors, disconnects, health, and the official anthropic SDK as a clien
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Any
@@ -387,7 +388,8 @@ async def test_claude_missing_is_503_naming_the_problem(make_client: MakeClient)
 
 async def test_bad_json_is_a_400_envelope(make_client: MakeClient) -> None:
     client = await make_client(FakePool())
-    async with client.post("/v1/messages", data=b"{nope") as resp:
+    headers = {"content-type": "application/json"}
+    async with client.post("/v1/messages", data=b"{nope", headers=headers) as resp:
         assert resp.status == 400
         error = assert_envelope(await resp.json(), resp, "invalid_request_error")
     assert "not valid JSON" in error["message"]
@@ -529,3 +531,39 @@ async def test_sdk_sees_overload_as_its_overloaded_error(make_client: MakeClient
     assert info.value.status_code == 529
     assert info.value.response.headers["retry-after"] == "3"
     assert info.value.request_id is not None
+
+
+async def test_a_stalled_stream_reader_is_dropped_after_the_write_timeout(
+    aiohttp_client: AiohttpClient,
+) -> None:
+    """A client that stops reading makes the stream's write wait on a full socket; past
+    `write_timeout` the writer reports the client gone (so the handler leaves the turn, which
+    the pool interrupts) and aborts the connection."""
+    from daemon import CONFIG_KEY
+    from daemon.errors import make_error_middleware
+    from daemon.sse import SSEWriter
+    from protocols import anthropic as anthropic_protocol
+
+    outcome: dict[str, object] = {}
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        sse = SSEWriter(request)
+        assert await sse.open()
+
+        async def full_socket(data: bytes) -> None:
+            await asyncio.Event().wait()  # the reader never takes another byte
+
+        setattr(sse.response, "write", full_socket)  # noqa: B010 - stand-in for a full buffer
+        outcome["sent"] = await sse.send(b"data: x\n\n")
+        outcome["gone"] = sse.disconnected
+        outcome["aborted"] = request.transport is None or request.transport.is_closing()
+        return sse.response
+
+    app = web.Application(middlewares=[make_error_middleware(anthropic_protocol.error_body)])
+    app[CONFIG_KEY] = Config(write_timeout=0.2)
+    app.router.add_get("/s", handler)
+    client = await aiohttp_client(app)
+    with contextlib.suppress(Exception):
+        async with client.get("/s") as resp:
+            await resp.read()
+    assert outcome == {"sent": False, "gone": True, "aborted": True}
