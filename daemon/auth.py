@@ -9,6 +9,7 @@ a 401 in the envelope of the route that was asked (Anthropic by default, OpenAI 
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import ipaddress
 from collections.abc import Sequence
@@ -63,6 +64,22 @@ def key_matches(presented: str, keys: Sequence[str]) -> bool:
     return found
 
 
+# Where the middleware leaves the caller's tenant: the tag of the key it presented.
+TENANT: Final = "claude_relay.tenant"
+
+
+def key_tag(key: str) -> str:
+    """A key's tenant tag: sticky sessions and parked tool calls belong to the key that made
+    them. A digest, so the state file and logs never hold the key itself."""
+    return hashlib.sha256(b"claude-relay tenant\0" + key.encode()).hexdigest()[:24]
+
+
+def tenant(request: web.Request) -> str | None:
+    """The caller's tenant tag; None when the relay runs without API keys (one tenant)."""
+    value = request.get(TENANT)
+    return value if isinstance(value, str) else None
+
+
 def make_auth_middleware(keys: Sequence[str]) -> Middleware:
     keys = tuple(keys)
 
@@ -75,8 +92,10 @@ def make_auth_middleware(keys: Sequence[str]) -> Middleware:
             raise AuthenticationError(
                 "missing API key: send it in the x-api-key header or as Authorization: Bearer"
             )
-        if not any(key_matches(p, keys) for p in presented):
+        matched = next((p for p in presented if key_matches(p, keys)), None)
+        if matched is None:
             raise AuthenticationError("invalid API key")
+        request[TENANT] = key_tag(matched)
         return await handler(request)
 
     return middleware

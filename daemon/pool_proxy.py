@@ -31,11 +31,11 @@ class PoolProxy:
     def recycle(self) -> None:
         self.inner.recycle()
 
-    def sessions(self) -> list[dict[str, object]]:
-        return self.inner.sessions()
+    def sessions(self, owner: str | None = None) -> list[dict[str, object]]:
+        return self.inner.sessions(owner)
 
-    async def close_session(self, sid: str) -> bool:
-        return await self.inner.close_session(sid)
+    async def close_session(self, sid: str, owner: str | None = None) -> bool:
+        return await self.inner.close_session(sid, owner)
 
     @property
     def claude_error(self) -> str | None:

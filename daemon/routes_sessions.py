@@ -10,7 +10,8 @@ import orjson
 from aiohttp import web
 
 from daemon import POOL_KEY
-from protocols.errors import NotFoundError
+from daemon.auth import tenant
+from protocols.errors import NotFoundError, excerpt
 
 
 async def list_sessions(request: web.Request) -> web.Response:
@@ -25,17 +26,17 @@ async def list_sessions(request: web.Request) -> web.Response:
             "max_sticky": stats.get("max_sticky", 0),
             "queued": stats.get("queued", 0),
         },
-        # Without auth every local client may see every id; when the ops issue adds API keys,
-        # this listing is filtered to the caller's own sessions.
-        "sessions": pool.sessions(),
+        # With API keys each key sees (and may delete or continue) only the ids it made;
+        # without keys there is one tenant.
+        "sessions": pool.sessions(tenant(request)),
     }
     return web.Response(body=orjson.dumps(body), content_type="application/json")
 
 
 async def delete_session(request: web.Request) -> web.Response:
     sid = request.match_info["id"]
-    if not await request.app[POOL_KEY].close_session(sid):
-        raise NotFoundError(f"no session with id {sid!r}")
+    if not await request.app[POOL_KEY].close_session(sid, tenant(request)):
+        raise NotFoundError(f"no session with id {excerpt(sid)}")
     return web.Response(
         body=orjson.dumps({"id": sid, "deleted": True}), content_type="application/json"
     )

@@ -138,6 +138,9 @@ class TurnRequest:
     session_id: str | None = None
     tools: tuple[ToolSpec, ...] = ()
     tool_choice: ToolChoice = field(default_factory=ToolChoice)
+    # Who is asking (set by the daemon: the API key's tenant tag, None without keys). Sticky ids
+    # and parked tool calls are looked up within the owner's own.
+    owner: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

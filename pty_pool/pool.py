@@ -68,6 +68,12 @@ class Parked:
     session: Session
     sticky: Sticky | None
     ids: tuple[str, ...]
+    owner: str | None = None  # the tenant whose request parked it: only it may answer
+
+
+def sticky_key(owner: str | None, sid: str) -> str:
+    """Sticky ids are per tenant: two API keys may both use "chat-1" without meeting."""
+    return sid if owner is None else f"{owner}/{sid}"
 
 
 class Turn:
@@ -150,7 +156,7 @@ class Turn:
         pool = self._pool
         req = self._request
         if req.session_id is not None:
-            sticky = pool._sticky_entry(req.session_id)
+            sticky = pool._sticky_entry(req.session_id, req.owner)
             async for ev in self._run_sticky(sticky, files):
                 yield ev
             return
@@ -184,7 +190,7 @@ class Turn:
             self._has_slot = False
             if session is not None:
                 if session.state == "parked":
-                    pool._park(session, None)
+                    pool._park(session, None, req.owner)
                 else:
                     pool._release(session)
 
@@ -194,7 +200,12 @@ class Turn:
         """A turn on the claude that holds this id's conversation (per-id calls queue in order)."""
         pool = self._pool
         req = self._request
-        async with sticky.lock:
+        sticky.queued += 1
+        try:
+            await sticky.lock.acquire()
+        finally:
+            sticky.queued -= 1
+        try:
             await self._take_slot()
             try:
                 spec = self._spec or spawn_spec(req.model, req.system, pool.settings)
@@ -203,13 +214,14 @@ class Turn:
                 if session is None and (sticky.session is None or sticky.session.state != "parked"):
                     known = sticky.extended_by(req.messages, spec)
                     if known is not None:
+                        sticky.set_spec(spec)  # the same digest; after a restart, the text too
                         prompt = await self._prompt(files, req.messages[known:])
                         session = await pool._sticky_session(sticky, fresh=False)
                 if session is None:
                     # first call, edited history, other spawn settings, tool calls abandoned, or
                     # claude lost the conversation: a fresh claude gets the whole history
                     prompt = await self._prompt(files, req.messages)
-                    sticky.spec = spec
+                    sticky.set_spec(spec)
                     session = await pool._sticky_session(sticky, fresh=True)
                     assert session is not None  # fresh=True raises rather than return None
                 streamed: list[str] = []
@@ -244,10 +256,12 @@ class Turn:
                     pool._idle.set()
                     sticky.last_used = time.time()
                     if session is sticky.session and session.state == "parked":
-                        pool._park(session, sticky)
+                        pool._park(session, sticky, req.owner)
             finally:
                 pool._slots.release()
                 self._has_slot = False
+        finally:
+            sticky.lock.release()
 
     async def _sticky_events(
         self,
@@ -444,6 +458,20 @@ class Pool:
                 f"{self._waiting} queued); retry later",
                 retry_after=self.settings.retry_after,
             )
+        req = turn._request
+        if req.session_id is not None:
+            sticky = self._sticky.get(sticky_key(req.owner, req.session_id))
+            # calls on one id run one at a time; a client must not pile up unbounded waiters
+            if (
+                sticky is not None
+                and sticky.lock.locked()
+                and (sticky.queued >= self.settings.max_sticky_queue)
+            ):
+                raise errors.OverloadedError(
+                    f"session {errors.excerpt(req.session_id)} is busy with a call and "
+                    f"{sticky.queued} more are waiting; retry later",
+                    retry_after=self.settings.retry_after,
+                )
         self._waiting += 1
 
     # --- sessions ------------------------------------------------------------------------------
@@ -596,14 +624,27 @@ class Pool:
                 await session.close()
 
     # --- parked tool calls ----------------------------------------------------------------------
-    def _park(self, session: Session, sticky: Sticky | None) -> None:
-        """Keep a claude that waits in tool calls until the results come (or time runs out)."""
+    def _park(self, session: Session, sticky: Sticky | None, owner: str | None) -> None:
+        """Keep a claude that waits in tool calls until the results come (or time runs out).
+
+        Each parked claude is a whole process holding no slot, so their number is capped: past
+        `max_parked` the oldest is let go. Its caller loses nothing but speed: the next call's
+        history is replayed on a fresh claude, as for any call whose parked claude is gone."""
         self._busy.discard(session)
         self._idle.set()
-        entry = Parked(session, sticky, session.parked_ids)
+        entry = Parked(session, sticky, session.parked_ids, owner)
         for tool_use_id in entry.ids:
             self._parked[tool_use_id] = entry
         self._spawn_task(self._expire(entry), "tool result timeout")
+        entries = list(dict.fromkeys(self._parked.values()))  # oldest first
+        for old in entries[: max(0, len(entries) - self.settings.max_parked)]:
+            if self._forget(old):
+                log.warning(
+                    "more than %d claudes parked in tool calls; letting the oldest go",
+                    self.settings.max_parked,
+                    extra={"session_id": old.session.id, "pid": old.session.pid},
+                )
+                self._spawn_task(self._abandon(old), "abandon tool calls")
 
     def _forget(self, entry: Parked) -> bool:
         """Unregister `entry`; False when it was already gone (taken or expired)."""
@@ -621,8 +662,8 @@ class Pool:
         entry = next(
             (self._parked[r.tool_use_id] for r in results if r.tool_use_id in self._parked), None
         )
-        if entry is None or entry.sticky is not sticky:
-            return None
+        if entry is None or entry.sticky is not sticky or entry.owner != req.owner:
+            return None  # another tenant's calls are not this request's to answer
         self._forget(entry)
         answered = {r.tool_use_id for r in results}
         session = entry.session
@@ -658,8 +699,9 @@ class Pool:
         entry.sticky.seen = []
 
     # --- sticky sessions -------------------------------------------------------------------------
-    def _sticky_entry(self, sid: str) -> Sticky:
-        entry = self._sticky.get(sid)
+    def _sticky_entry(self, sid: str, owner: str | None) -> Sticky:
+        key = sticky_key(owner, sid)
+        entry = self._sticky.get(key)
         if entry is not None:
             return entry
         live = sum(1 for s in self._sticky.values() if s.session is not None and s.session.alive)
@@ -669,8 +711,8 @@ class Pool:
                 "retry later or close one with DELETE /v1/sessions/{id}",
                 retry_after=self.settings.retry_after,
             )
-        entry = Sticky(id=sid, claude_id=str(uuid.uuid4()), spec=self._default_spec())
-        self._sticky[sid] = entry
+        entry = Sticky(id=sid, claude_id=str(uuid.uuid4()), spec=self._default_spec(), owner=owner)
+        self._sticky[key] = entry
         return entry
 
     async def _sticky_session(self, sticky: Sticky, *, fresh: bool) -> Session | None:
@@ -737,11 +779,11 @@ class Pool:
                 s for s in self._sticky.values() if now - s.last_used > idle and not s.lock.locked()
             ]
             for s in stale:
-                await self.close_session(s.id)
+                await self.close_session(s.id, s.owner)
 
-    async def close_session(self, sid: str) -> bool:
-        """Forget a sticky session and stop its claude. False when the id is unknown."""
-        entry = self._sticky.pop(sid, None)
+    async def close_session(self, sid: str, owner: str | None = None) -> bool:
+        """Forget `owner`'s sticky session `sid` and stop its claude. False when there is none."""
+        entry = self._sticky.pop(sticky_key(owner, sid), None)
         if entry is None:
             return False
         async with entry.lock:  # let a running turn on it finish first
@@ -751,9 +793,12 @@ class Pool:
         await self._persist()
         return True
 
-    def sessions(self) -> list[dict[str, object]]:
+    def sessions(self, owner: str | None = None) -> list[dict[str, object]]:
+        """`owner`'s sticky sessions (with API keys, each key sees only its own)."""
         out: list[dict[str, object]] = []
         for s in self._sticky.values():
+            if s.owner != owner:
+                continue
             live = s.session is not None and s.session.alive
             out.append(
                 {

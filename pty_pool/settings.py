@@ -26,6 +26,10 @@ class PoolSettings:
     sticky_idle_timeout: float = 1800.0  # an untouched sticky session is closed after this
     max_sticky: int = 16  # live sticky sessions at once; beyond that: 529 with retry-after
     tool_result_timeout: float = 600.0  # a parked tool call without a result is cancelled after
+    # claudes waiting in tool calls for the caller's results; each is a whole claude process,
+    # so beyond this the oldest is let go (its caller's next call replays the history instead)
+    max_parked: int = 16
+    max_sticky_queue: int = 4  # calls waiting behind a running one on the same sticky id
     agent_tools: tuple[str, ...] = ()  # claude built-in tools enabled and pre-allowed (agent mode)
     mcp_url: str | None = None  # the daemon's MCP endpoint base, set once it listens
     state_file: Path | None = None  # sticky id → claude session map (default: next to workspace)

@@ -65,11 +65,20 @@ def message_digest(role: str, text: str, blocks: tuple[ContentBlock, ...] = ()) 
     return digest(role, text + "".join(_block_key(b) for b in blocks))
 
 
+def spec_digest(spec: SpawnSpec) -> str:
+    """Spawn settings by digest: the state file names no system prompt (it can hold secrets)."""
+    return digest("spec", orjson.dumps([spec.model, spec.system, spec.system_mode]).decode())
+
+
 @dataclass
 class Sticky:
     id: str
     claude_id: str
+    # What claude was started with. After a restart the system prompt is not known (only its
+    # digest, `spec_key`, is stored): the next call, which carries it, completes the spec.
     spec: SpawnSpec
+    owner: str | None = None  # the API key (by tag) that made this id; others cannot see it
+    spec_key: str = ""
     # one entry per message claude's conversation holds; an assistant entry accepts several
     # digests (the exact reply, and the text a streaming client assembled)
     seen: list[list[str]] = field(default_factory=list)
@@ -78,11 +87,21 @@ class Sticky:
     turns: int = 0
     session: Session | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    queued: int = 0  # calls waiting for `lock` (bounded by max_sticky_queue)
+
+    def __post_init__(self) -> None:
+        self.spec_key = self.spec_key or spec_digest(self.spec)
+
+    def set_spec(self, spec: SpawnSpec) -> None:
+        self.spec = spec
+        self.spec_key = spec_digest(spec)
 
     def extended_by(self, messages: tuple[Message, ...], spec: SpawnSpec) -> int | None:
         """How many leading `messages` claude already has, if the call extends the session."""
         n = len(self.seen)
-        if not n or spec != self.spec or len(messages) <= n or messages[-1].role != "user":
+        if not n or spec_digest(spec) != self.spec_key:
+            return None
+        if len(messages) <= n or messages[-1].role != "user":
             return None
         for accepted, msg in zip(self.seen, messages, strict=False):
             if message_digest(msg.role, msg.text, msg.content) not in accepted:
@@ -91,12 +110,12 @@ class Sticky:
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "id": self.id,
             "claude_id": self.claude_id,
-            "spec": {
-                "model": self.spec.model,
-                "system": self.spec.system,
-                "system_mode": self.spec.system_mode,
-            },
+            # the model is shown by GET /v1/sessions; the system prompt only as a digest
+            "spec": {"model": self.spec.model, "system_mode": self.spec.system_mode},
+            "spec_key": self.spec_key,
+            "owner": self.owner,
             "seen": self.seen,
             "created": self.created,
             "last_used": self.last_used,
@@ -107,10 +126,14 @@ class Sticky:
     def from_json(cls, sid: str, d: dict[str, Any]) -> Sticky:
         spec = d.get("spec") or {}
         mode: SystemMode = "replace" if spec.get("system_mode") == "replace" else "append"
+        owner = d.get("owner")
         return cls(
-            id=sid,
+            id=str(d.get("id") or sid),
             claude_id=str(d["claude_id"]),
+            # "system" only in files written before digests: read, and not written again
             spec=SpawnSpec(model=spec.get("model"), system=spec.get("system"), system_mode=mode),
+            spec_key=str(d.get("spec_key") or ""),
+            owner=str(owner) if owner is not None else None,
             seen=[list(x) for x in d.get("seen", [])],
             created=float(d.get("created", time.time())),
             last_used=float(d.get("last_used", time.time())),

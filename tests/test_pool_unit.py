@@ -82,9 +82,9 @@ async def assert_all_gone(fake: FakeClaude, pids: list[int]) -> None:
     assert zombie_children() == []
 
 
-async def run_turn(pool: Pool) -> None:
+async def run_turn(pool: Pool, request: TurnRequest = REQUEST) -> None:
     """Run one turn to its end; on the fake claude it never gets an answer."""
-    async with pool.open_turn(REQUEST) as turn:
+    async with pool.open_turn(request) as turn:
         async for _ in turn:
             pass
 
@@ -134,9 +134,7 @@ async def test_a_spec_whose_claude_fails_to_start_fails_only_its_request(
     await until(lambda: pool.stats()["warm"] == 1, timeout=10.0, what="a warm session")
     bad = dataclasses.replace(REQUEST, system="a system prompt this claude cannot start with")
     with pytest.raises(errors.ServiceUnavailableError, match="exited during startup"):
-        async with pool.open_turn(bad) as turn:
-            async for _ in turn:
-                pass
+        await run_turn(pool, bad)
     assert pool.claude_error is None and pool.claude_problem is None
     # warming is back on the default settings, not on the ones that failed
     await until(lambda: pool.stats()["warm"] == 1, timeout=10.0, what="a warm default session")

@@ -6,7 +6,7 @@ import stat
 from pathlib import Path
 
 from protocols.model import DocumentBlock, ImageBlock, Message, SpawnSpec, TextBlock
-from pty_pool.sticky import Sticky, StickyStore, digest, message_digest
+from pty_pool.sticky import Sticky, StickyStore, digest, message_digest, spec_digest
 
 
 def msg(role: str, text: str) -> Message:
@@ -50,15 +50,41 @@ def test_divergence_is_detected() -> None:
 def test_store_round_trip_is_private_and_atomic(tmp_path: Path) -> None:
     store = StickyStore(tmp_path / "state" / "sessions.json")
     s = seen_after_first_turn()
-    s.spec = SpawnSpec(model="sonnet", system="be brief", system_mode="replace")
+    spec = SpawnSpec(model="sonnet", system="be brief, SECRET-SYSTEM", system_mode="replace")
+    s.set_spec(spec)
+    s.owner = "tenant-tag"
     s.turns = 3
-    store.save({"c": s.to_json()})
+    store.save({"tenant-tag/c": s.to_json()})
     mode = stat.S_IMODE(store.path.stat().st_mode)
     assert mode == 0o600
     assert list(store.path.parent.iterdir()) == [store.path]  # no temp file left behind
+    loaded = store.load()["tenant-tag/c"]
+    assert (loaded.id, loaded.owner, loaded.claude_id, loaded.seen, loaded.turns) == (
+        "c",
+        "tenant-tag",
+        "u",
+        s.seen,
+        3,
+    )
+    # digests only: no conversation text and no system prompt (it can hold secrets)
+    text = store.path.read_text()
+    assert "Hello" not in text and "SECRET" not in text and "brief" not in text
+    assert loaded.spec.model == "sonnet" and loaded.spec.system is None
+    # the next call carries the system prompt: its digest matches, so the conversation goes on
+    more = (msg("user", "hi"), msg("assistant", "Hello x"), msg("user", "more"))
+    assert loaded.extended_by(more, spec) == 2
+    assert loaded.extended_by(more, SpawnSpec(model="sonnet", system="other")) is None
+
+
+def test_state_files_with_plain_system_prompts_still_load(tmp_path: Path) -> None:
+    store = StickyStore(tmp_path / "sessions.json")
+    store.path.write_text(
+        '{"version":1,"sessions":{"c":{"claude_id":"u","spec":{"model":null,'
+        '"system":"be brief","system_mode":"append"},"seen":[["x"]]}}}'
+    )
     loaded = store.load()["c"]
-    assert (loaded.claude_id, loaded.spec, loaded.seen, loaded.turns) == ("u", s.spec, s.seen, 3)
-    assert "Hello" not in store.path.read_text()  # digests only, no conversation text
+    assert loaded.id == "c" and loaded.owner is None
+    assert loaded.spec_key == spec_digest(SpawnSpec(system="be brief"))
 
 
 def test_store_tolerates_missing_and_corrupt_files(tmp_path: Path) -> None:

@@ -85,14 +85,14 @@ async def test_a_prompt_empty_once_sanitised_is_a_400_at_once(
     async with anthropic.AsyncAnthropic(
         base_url=relay.url, api_key="x", max_retries=0, timeout=5.0
     ) as sdk:
-        with pytest.raises(anthropic.BadRequestError, match="no text|non-whitespace"):
+        with pytest.raises(anthropic.BadRequestError, match=r"no text|non-whitespace"):
             await sdk.messages.create(
                 model="default", max_tokens=20, messages=[{"role": "user", "content": text}]
             )
     async with openai.AsyncOpenAI(
         base_url=relay.url + "/v1", api_key="x", max_retries=0, timeout=5.0
     ) as oai:
-        with pytest.raises(openai.BadRequestError, match="no text|non-whitespace"):
+        with pytest.raises(openai.BadRequestError, match=r"no text|non-whitespace"):
             await oai.chat.completions.create(
                 model="default", messages=[{"role": "user", "content": text}]
             )
