@@ -207,6 +207,37 @@ async def test_overloaded_when_busy_and_no_queue(fake: FakeClaude) -> None:
     await assert_all_gone(fake, pids)
 
 
+async def test_calls_queued_on_one_sticky_id_are_bounded(fake: FakeClaude) -> None:
+    """Calls on one id run one at a time; beyond max_sticky_queue waiting behind the running
+    one, a call is refused at once with 529 (before, they piled up without bound)."""
+    pool = fake.pool(warm=1, max_busy=4, max_sticky_queue=1, retry_after=3.0, turn_timeout=20.0)
+    await pool.start()
+    await until(lambda: pool.stats()["warm"] == 1, timeout=10.0, what="a warm session")
+    sticky = dataclasses.replace(REQUEST, session_id="one-id")
+    running = asyncio.create_task(run_turn(pool, sticky))
+    waiting: asyncio.Task[None] | None = None
+    try:
+        await until(lambda: pool.stats()["busy"] == 1, timeout=10.0, what="the first call")
+        waiting = asyncio.create_task(run_turn(pool, sticky))
+        entry = pool._sticky["one-id"]
+        await until(lambda: entry.queued == 1, timeout=5.0, what="the second call to queue")
+        with pytest.raises(errors.OverloadedError, match="one-id") as refused:
+            await pool.open_turn(sticky).__aenter__()
+        assert refused.value.retry_after == 3.0
+        # another tenant's id of the same name is not this one
+        other = dataclasses.replace(sticky, owner="other-tenant")
+        async with pool.open_turn(other):
+            pass
+    finally:
+        for task in (running, waiting):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        pids = fake.processes()
+        await pool.close(grace=0)
+    await assert_all_gone(fake, pids)
+
+
 async def test_queue_is_bounded_and_times_out(fake: FakeClaude) -> None:
     pool = fake.pool(warm=1, max_busy=1, max_queue=1, queue_timeout=0.3, retry_after=3.0)
     await pool.start()
