@@ -62,10 +62,34 @@ _DIR_NAME: Final = re.compile(r"turn-(\d+)-")
 # --- the per-turn directory --------------------------------------------------------------------
 
 
+def _check_ancestors(root: Path) -> None:
+    """Every directory above `root` must be one no other user can swap out from under it.
+
+    The /tmp fallback (`/tmp/claude-relay-<uid>/attachments`) is the case: another local user
+    can create `/tmp/claude-relay-<uid>` first and then rename our private directory inside it
+    or replace it with a symlink. An ancestor owned by another user (root excepted), or writable
+    by others without the sticky bit (/tmp has it), is refused."""
+    for parent in root.parents:
+        st = os.lstat(parent)
+        if st.st_uid not in (0, os.geteuid()):
+            raise PermissionError(f"attachment directory {root}: {parent} belongs to another user")
+        # group-writable is fine for root's own directories (a system group), not for ours
+        loose = stat.S_IWOTH if st.st_uid == 0 else stat.S_IWOTH | stat.S_IWGRP
+        if not stat.S_ISLNK(st.st_mode) and st.st_mode & loose and not st.st_mode & stat.S_ISVTX:
+            raise PermissionError(
+                f"attachment directory {root}: {parent} is writable by other users"
+            )
+
+
 def ensure_private_root(root: Path) -> Path:
-    """Create `root` (0700) or check an existing one: a real directory, ours, not group/world
-    accessible (a looser mode of our own directory is tightened). Raises PermissionError."""
-    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    """Create `root` (0700, and any missing parent 0700 too) or check an existing one: a real
+    directory, ours, not group/world accessible (a looser mode of our own directory is
+    tightened), under parents no other user controls. Raises PermissionError."""
+    for parent in reversed(root.parents):
+        if not parent.exists():
+            parent.mkdir(mode=0o700, exist_ok=True)
+    root.mkdir(mode=0o700, exist_ok=True)
+    _check_ancestors(root)
     st = os.lstat(root)
     if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
         raise PermissionError(f"attachment directory {root} is not a directory")

@@ -82,6 +82,27 @@ def test_private_root_is_tightened_or_refused(tmp_path: Path) -> None:
         files.ensure_private_root(plain)
 
 
+def test_private_root_under_a_parent_another_user_controls_is_refused(tmp_path: Path) -> None:
+    """The /tmp fallback: another local user who made /tmp/claude-relay-<uid> first could swap
+    our private directory inside it; such a parent is refused, a missing one is made 0700."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o777)  # writable by everyone, no sticky bit
+    with pytest.raises(PermissionError, match="writable by other users"):
+        files.ensure_private_root(shared / "attachments")
+    os.chmod(shared, 0o1777)  # like /tmp: the sticky bit keeps others from renaming our dir
+    assert files.ensure_private_root(shared / "attachments").is_dir()
+    if os.geteuid() == 0:  # only root can give a directory to another user
+        theirs = tmp_path / "theirs"
+        theirs.mkdir(mode=0o755)
+        os.chown(theirs, 12345, 12345)
+        with pytest.raises(PermissionError, match="belongs to another user"):
+            files.ensure_private_root(theirs / "attachments")
+    fresh = tmp_path / "new-parent" / "deeper" / "attachments"
+    files.ensure_private_root(fresh)
+    assert mode(fresh.parent) == mode(fresh.parent.parent) == 0o700
+
+
 async def test_turn_files_context_deletes_on_success_error_and_cancel(tmp_path: Path) -> None:
     async with files.turn_files(tmp_path) as turn:
         path = await turn.write(media.png(), "image/png")
