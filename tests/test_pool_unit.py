@@ -145,6 +145,25 @@ async def test_a_spec_whose_claude_fails_to_start_fails_only_its_request(
     await pool.close(grace=0)
 
 
+async def test_a_spawn_that_never_returns_makes_health_say_so(
+    fake: FakeClaude, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Spawns run one at a time on one thread: one that hangs holds up every later spawn, so
+    health must not keep saying ok (before, it did while every request hung)."""
+    import time
+
+    from pty_pool import driver
+
+    pool = fake.pool()
+    await pool.start()
+    await until(lambda: pool.stats()["warm"] == 1, timeout=10.0, what="a warm session")
+    assert pool.claude_problem is None
+    monkeypatch.setattr(driver, "_spawning_since", time.monotonic() - driver.SPAWN_STUCK_AFTER - 1)
+    assert pool.claude_problem == "spawner_stuck"
+    assert "has not returned" in (pool.claude_error or "")
+    await pool.close(grace=0)
+
+
 # --- warming and stats --------------------------------------------------------------------------
 async def test_warm_sessions_and_stats(fake: FakeClaude) -> None:
     pool = fake.pool(warm=2, max_busy=3, max_queue=5)
