@@ -119,6 +119,10 @@ def build_argv(
     if allowed:
         argv += ["--allowedTools", ",".join(allowed)]
     argv += ["--resume", session_id] if resume else ["--session-id", session_id]
+    # A named session gets no generated title: 2.1.197 otherwise spends one extra upstream
+    # request (the user's quota) per new conversation on a title nobody sees. 2.1.332 makes
+    # none either way. The name shows in the input box's top rule (`tui._RULE`).
+    argv += ["--name", SESSION_NAME]
     if spec.model:
         argv += ["--model", spec.model]
     if spec.system and system_file is not None:
@@ -142,6 +146,7 @@ def private_args(spec: SpawnSpec, mcp_url: str | None) -> dict[str, bytes]:
     return files
 
 
+SESSION_NAME = "api"
 MCP_CONFIG_FILE = "mcp.json"
 SYSTEM_PROMPT_FILE = "system-prompt.md"
 

@@ -141,7 +141,9 @@ def paste_sequence(text: str, *, wraps: bool) -> bytes:
 
 
 # --- screen classification -----------------------------------------------------------------------
-_RULE = re.compile(r"^─{20,}$")
+# The input box's rules. A session started with `--name` (spawn: it spares 2.1.197 a title
+# request per conversation) shows that name at the right end of the top rule: `───── api ──`.
+_RULE = re.compile(r"^─{20,}(?: \S[^─]{0,38} ─{1,4})?$")
 _PROMPT = re.compile(r"^❯(?:[\u00a0 ]|$)")
 # the title's spinner while busy: braille dots (2.1.197), half circles (2.1.332)
 _SPINNER_TITLE = re.compile(r"^[\u2800-\u28ff◐◓◑◒] ")

@@ -165,3 +165,26 @@ def test_mentions_are_defused_after_every_javascript_space() -> None:
             assert out == f"x{kept}@\u200b/etc/passwd"
     assert tui.sanitize_prompt("x\x9b201~") == "x201~"  # 8-bit CSI
     assert tui.sanitize_prompt("# title") == " # title"
+
+
+def _screen(*lines: str) -> ScreenReader:
+    screen = ScreenReader(120, 12)
+    screen.feed("\r\n".join(lines).encode())
+    return screen
+
+
+@pytest.mark.parametrize("label", ["", " api ──", " claude-relay ──"])
+def test_input_box_with_a_session_name_in_its_rule(label: str) -> None:
+    """`--name api` draws the name into the top rule (2.1.197 and 2.1.332): still the box."""
+    rule = "─" * (118 - len(label)) + label
+    st = tui.classify(
+        _screen("● hello", "", rule, "❯\u00a0", "─" * 118, "  ? for shortcuts").snapshot()
+    )
+    assert st.input_box and st.ready and st.dialog is None
+
+
+def test_model_text_that_looks_like_a_labelled_rule_is_no_box() -> None:
+    st = tui.classify(
+        _screen("● " + "─" * 30 + " a long sentence of model prose, not a label ──").snapshot()
+    )
+    assert not st.input_box

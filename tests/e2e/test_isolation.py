@@ -49,6 +49,9 @@ async def test_user_setup_never_reaches_a_turn(relay: Relay, up: FakeUpstream) -
             model="default", messages=[{"role": "user", "content": "openai"}]
         )
     assert len(up.main_requests) == 5
+    # one upstream request per user turn: a named session gets no generated title (2.1.197 asked
+    # for one per new conversation, spending the user's quota)
+    assert up.title_requests == []
     bodies = [r.raw_body for r in up.all_requests]
     assert leaks(relay.home, bodies) == []
     for r in up.main_requests:
