@@ -20,7 +20,7 @@ from typing import Final, Literal
 
 import platformdirs
 
-from protocols.attachments import AttachmentLimits
+from protocols.attachments import AttachmentLimits, PdfLimits
 from pty_pool.settings import PoolSettings
 
 APP_NAME: Final = "claude-relay"
@@ -60,6 +60,10 @@ def default_attachments_dir() -> Path:
     return Path(tempfile.gettempdir()) / f"{APP_NAME}-{os.getuid()}" / "attachments"
 
 
+def _split(values: str | None) -> tuple[str, ...]:
+    return tuple(v.strip() for v in (values or "").split(",") if v.strip())
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     host: str = "127.0.0.1"
@@ -80,9 +84,14 @@ class Config:
     max_retries: int = 2
     sticky_idle_timeout: float = 1800.0  # seconds an untouched sticky session stays alive
     max_sticky: int = 16  # live sticky sessions; beyond that new ids get 529 + retry-after
+    max_parked: int = 16  # claudes parked in tool calls; beyond that the oldest is let go
+    max_sticky_queue: int = 4  # calls queued behind a running one per sticky id; then 529
     tool_result_timeout: float = 600.0  # seconds a parked tool call waits for its tool_result
     agent_tools: str | None = None  # comma-separated claude built-in tools to enable (agent mode)
     ping_interval: float = 10.0  # idle seconds before an SSE ping keeps proxies from timing out
+    # a stream reader that takes no bytes for this long is gone: its turn is interrupted and its
+    # slot freed (a client that stops reading would otherwise hold a claude for the whole turn)
+    write_timeout: float = 30.0
     shutdown_grace: float = 10.0
     log_level: LogLevel = "info"
     log_format: LogFormat = "text"
@@ -91,20 +100,41 @@ class Config:
     max_attachment_bytes: int = 10 * 1024 * 1024  # one image or PDF, decoded
     max_attachments_bytes: int = 24 * 1024 * 1024  # all images and PDFs of one request
     max_attachments: int = 100  # images and PDFs in one request
+    pdf_max_pages: int = 100  # pages of one PDF; more is a 400
+    pdf_max_chars: int = 1_000_000  # characters of one PDF's text; more is a 400
+    pdf_timeout: float = 20.0  # seconds to read a request's PDFs (in a child process) or a 400
     # Comma-separated keys clients must send (x-api-key or Authorization: Bearer); unset means no
     # authentication, which is only allowed on a loopback address. Kept out of repr: a logged
     # Config must not leak them.
     api_keys: str | None = field(default=None, repr=False)
     license_refresh_interval: float = 300.0  # seconds between background `claude auth status`
+    # Comma-separated Host header values (without port) accepted besides loopback names and the
+    # bind address; "*" accepts any. A browser page that rebinds its own DNS name to 127.0.0.1
+    # still sends its name as Host, so this is the DNS-rebinding defence (daemon.guard).
+    allowed_hosts: str | None = None
+    # Comma-separated browser origins (`scheme://host[:port]`, exact) whose requests may pass;
+    # any other request carrying an Origin header is refused.
+    allowed_origins: str | None = None
+    # Seconds a connection may take to send a request's headers (also the idle keep-alive limit),
+    # and the grace before its body must keep arriving at a minimum rate (daemon.transport).
+    read_timeout: float = 10.0
+    max_connections: int = 256  # open client connections; beyond that new ones get a 503
 
     def key_list(self) -> tuple[str, ...]:
-        return tuple(k.strip() for k in (self.api_keys or "").split(",") if k.strip())
+        return _split(self.api_keys)
+
+    def host_list(self) -> tuple[str, ...]:
+        return tuple(h.lower() for h in _split(self.allowed_hosts))
+
+    def origin_list(self) -> tuple[str, ...]:
+        return _split(self.allowed_origins)
 
     def attachment_limits(self) -> AttachmentLimits:
         return AttachmentLimits(
             max_bytes=self.max_attachment_bytes,
             max_total_bytes=self.max_attachments_bytes,
             max_count=self.max_attachments,
+            pdf=PdfLimits(self.pdf_max_pages, self.pdf_max_chars, self.pdf_timeout),
         )
 
     def pool_settings(self) -> PoolSettings:
@@ -125,6 +155,8 @@ class Config:
             max_retries=self.max_retries,
             sticky_idle_timeout=self.sticky_idle_timeout,
             max_sticky=self.max_sticky,
+            max_parked=self.max_parked,
+            max_sticky_queue=self.max_sticky_queue,
             tool_result_timeout=self.tool_result_timeout,
             agent_tools=tuple(t.strip() for t in (self.agent_tools or "").split(",") if t.strip()),
             attachments_dir=self.attachments_dir,
@@ -183,9 +215,12 @@ _SPECS: Final[dict[str, _Spec]] = {
     "max_retries": _Int(0, 100),
     "sticky_idle_timeout": _Float(0, lo_open=True),
     "max_sticky": _Int(1, 10000),
+    "max_parked": _Int(1, 10000),
+    "max_sticky_queue": _Int(0, 10000),
     "tool_result_timeout": _Float(0, lo_open=True),
     "agent_tools": _Str(optional=True),
     "ping_interval": _Float(0, lo_open=True),
+    "write_timeout": _Float(0, lo_open=True),
     "shutdown_grace": _Float(0),
     "log_level": _Choice(("debug", "info", "warning", "error", "critical")),
     "log_format": _Choice(("text", "json")),
@@ -194,8 +229,15 @@ _SPECS: Final[dict[str, _Spec]] = {
     "max_attachment_bytes": _Int(1),
     "max_attachments_bytes": _Int(1),
     "max_attachments": _Int(1),
+    "pdf_max_pages": _Int(1),
+    "pdf_max_chars": _Int(1),
+    "pdf_timeout": _Float(0, lo_open=True),
     "api_keys": _Str(optional=True),
     "license_refresh_interval": _Float(0, lo_open=True),
+    "allowed_hosts": _Str(optional=True),
+    "allowed_origins": _Str(optional=True),
+    "read_timeout": _Float(0, lo_open=True),
+    "max_connections": _Int(1),
 }
 assert set(_SPECS) == {f.name for f in fields(Config)}, "every Config field needs a spec"
 

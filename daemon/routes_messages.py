@@ -1,7 +1,8 @@
 """POST /v1/messages: the Anthropic Messages API served from the pool.
 
-body → `protocols.anthropic.decode_request` → `pool.open_turn` (admission) → events → JSON via
-`encode_message`, or SSE frames via `StreamEncoder`. Handlers only consume turns: when the client
+body → `protocols.anthropic.decode_request` (PDFs left unread) → `turns` (PDF text read in child
+processes, then `pool.open_turn`: admission) → events → JSON via `encode_message`, or SSE frames
+via `StreamEncoder`. Handlers only consume turns: when the client
 goes away they stop reading and leave the `async with`, and the pool interrupts claude.
 """
 
@@ -12,7 +13,7 @@ import logging
 import orjson
 from aiohttp import web
 
-from daemon import CONFIG_KEY, POOL_KEY, RelayPool, turns
+from daemon import POOL_KEY, RelayPool, turns
 from daemon.errors import error_envelope, request_info
 from protocols import anthropic
 from protocols.errors import ServiceUnavailableError
@@ -33,7 +34,7 @@ async def post_messages(request: web.Request) -> web.StreamResponse:
         anthropic.decode_request,
         body,
         session_header=request.headers.get(SESSION_HEADER),
-        attachment_limits=request.app[CONFIG_KEY].attachment_limits(),
+        attachment_limits=turns.attachment_limits(request),
     )
     info.model = turn_request.model
     info.stream = turn_request.stream

@@ -197,8 +197,11 @@ def decode_count_request(raw: bytes, limits: AttachmentLimits | None = None) -> 
 @error_envelope(anthropic.error_body)
 async def count_tokens(request: web.Request) -> web.Response:
     raw = await request.read()
-    limits = request.app[CONFIG_KEY].attachment_limits()
-    turn = await turns.decode(raw, decode_count_request, raw, limits)
+    turn = await turns.decode(raw, decode_count_request, raw, turns.attachment_limits(request))
+    # A PDF counts as the text the model would read, so it is read as for a turn: count_tokens
+    # takes no pool slot, but it does take the PDF gate, so a flood of these cannot start PDF
+    # readers without bound either.
+    turn = await turns.read_documents(request, turn)
     body = {"input_tokens": estimate_tokens(turn)}
     return web.Response(body=orjson.dumps(body), content_type="application/json")
 

@@ -15,7 +15,7 @@ import time
 import orjson
 from aiohttp import web
 
-from daemon import CONFIG_KEY, POOL_KEY, RelayPool, turns
+from daemon import POOL_KEY, RelayPool, turns
 from daemon.errors import error_envelope, request_info
 from daemon.routes_messages import SESSION_HEADER
 from protocols import openai, response_format
@@ -34,7 +34,7 @@ async def post_chat_completions(request: web.Request) -> web.StreamResponse:
         openai.decode_request,
         body,
         session_header=request.headers.get(SESSION_HEADER),
-        attachment_limits=request.app[CONFIG_KEY].attachment_limits(),
+        attachment_limits=turns.attachment_limits(request),
     )
     info.model = chat.turn.model
     info.stream = chat.turn.stream

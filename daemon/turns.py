@@ -1,22 +1,31 @@
 """How a route consumes one turn, whatever the wire format: shared by /v1/messages and
 /v1/chat/completions so that client-gone handling, stop sequences and mid-stream errors behave
 the same on both. Routes supply only their encoder's frames.
+
+Decoding leaves a request's PDFs unread (`attachment_limits`); `read_documents` reads them in
+child processes (daemon.pdf_worker) once the request is decoded and the relay can serve it, before
+the turn takes its place in the pool: a 400 about a PDF is still a plain JSON error.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import AsyncIterable, Callable
 from contextlib import aclosing
+from dataclasses import replace
 from typing import ParamSpec, Protocol, TypeVar
+from weakref import WeakKeyDictionary
 
 from aiohttp import web
 
-from daemon import CONFIG_KEY, RelayPool
+from daemon import CONFIG_KEY, RelayPool, pdf_worker
+from daemon.auth import tenant
 from daemon.errors import request_info
 from daemon.sse import SSEWriter, client_gone, with_heartbeat
 from protocols import stops
+from protocols.attachments import AttachmentLimits
 from protocols.errors import ApiError, RelayError
 from protocols.model import TurnEvent, TurnRequest, TurnResult
 
@@ -25,9 +34,11 @@ log = logging.getLogger(__name__)
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
-# Bodies above this are decoded in a thread: base64 images and PDF text extraction are CPU work
-# that would stall every other request's stream (a 10 MB PDF takes a while in pure Python).
+# Bodies above this are decoded in a thread: base64 and JSON of many megabytes are CPU work that
+# would stall every other request's stream. (PDF text is read later, in a child process.)
 DECODE_IN_THREAD_BYTES = 256 * 1024
+# Each app's PDF gate, made on its first PDF (an AppKey would have to be set before it starts).
+_PDF_GATES: WeakKeyDictionary[web.Application, pdf_worker.PdfGate] = WeakKeyDictionary()
 
 
 async def decode(body: bytes, fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
@@ -35,6 +46,33 @@ async def decode(body: bytes, fn: Callable[_P, _T], *args: _P.args, **kwargs: _P
     if len(body) > DECODE_IN_THREAD_BYTES:
         return await asyncio.to_thread(fn, *args, **kwargs)
     return fn(*args, **kwargs)
+
+
+def attachment_limits(request: web.Request) -> AttachmentLimits:
+    """The config's attachment limits, with PDFs left for `read_documents` by the decoder."""
+    return replace(request.app[CONFIG_KEY].attachment_limits(), defer_pdf_text=True)
+
+
+async def read_documents(request: web.Request, req: TurnRequest) -> TurnRequest:
+    """`req` with its PDFs' text read, in child processes under the app's PDF gate.
+
+    The gate admits as many readers as turns may run (`max_busy`) but no more than there are
+    CPUs, since reading is all CPU, and queues like the pool (`max_queue`, `queue_timeout`).
+    """
+    config = request.app[CONFIG_KEY]
+    gate = _PDF_GATES.get(request.app)
+    if gate is None:
+        gate = _PDF_GATES[request.app] = pdf_worker.PdfGate(
+            readers=min(config.max_busy, os.cpu_count() or 1),
+            max_waiting=config.max_queue,
+            wait_timeout=config.queue_timeout,
+            retry_after=config.pool_settings().retry_after,
+        )
+    return await pdf_worker.read_documents(gate, req, config.attachment_limits().pdf)
+
+
+# How often a non-streamed turn checks that its client is still connected while no event comes.
+GONE_POLL = 0.5
 
 
 class ClientGone(Exception):
@@ -55,24 +93,25 @@ def with_stops(turn: AsyncIterable[TurnEvent], req: TurnRequest) -> AsyncIterabl
 async def result_of(request: web.Request, pool: RelayPool, req: TurnRequest) -> TurnResult:
     """Run a non-streamed turn to its result; raise `ClientGone` if the client leaves first.
 
-    Nothing is written while waiting, so a departed client is only noticed by polling on the
-    heartbeat tick; that keeps an abandoned turn from holding a slot until it finishes.
+    Nothing is written while waiting, so a departed client is noticed by polling: at each
+    event, and on a tick of at most GONE_POLL seconds while none comes. An abandoned turn is
+    interrupted within about a second, whatever claude is doing, and its slot freed.
     """
-    interval = request.app[CONFIG_KEY].ping_interval
+    interval = min(request.app[CONFIG_KEY].ping_interval, GONE_POLL)
+    req = await read_documents(request, replace(req, owner=tenant(request)))
     result: TurnResult | None = None
     async with (
         pool.open_turn(req) as turn,
         aclosing(with_heartbeat(with_stops(turn, req), interval)) as events,
     ):
         async for ev in events:
-            if ev is None:
-                if client_gone(request):
-                    log.info(
-                        "client left; abandoning turn",
-                        extra={"request_id": request_info(request).request_id},
-                    )
-                    raise ClientGone
-            elif isinstance(ev, TurnResult):
+            if client_gone(request):
+                log.info(
+                    "client left; abandoning turn",
+                    extra={"request_id": request_info(request).request_id},
+                )
+                raise ClientGone
+            if isinstance(ev, TurnResult):
                 result = ev
     if result is None:
         raise no_result()
@@ -141,8 +180,10 @@ async def stream(
     """Serve the turn as SSE: the encoder's first frame at once, then `frame(event)`s, and an
     in-stream error event (`error_type` names it for the log) if the turn fails midway."""
     info = request_info(request)
-    # Admission comes before the response is prepared, so 529/503 are still plain JSON errors
-    # with a status code and retry-after header, which clients understand better than an event.
+    # PDFs and admission come before the response is prepared, so 400/529/503 are still plain
+    # JSON errors with a status code (and retry-after), which clients understand better than an
+    # event.
+    req = await read_documents(request, replace(req, owner=tenant(request)))
     async with pool.open_turn(req) as turn:
         sse = SSEWriter(request)
         # the first frame goes out at once: clients and proxies see the stream alive before

@@ -10,25 +10,25 @@ by pty_pool.attachments. Every problem raises a 400 `InvalidRequestError`, every
 Why the bytes are checked here and not left to claude: claude v2.1.197 turns an unreadable image
 into plain text (its path) without an error, and the model would then answer about a file name.
 A header check rejects corrupt and mislabelled data with a message the client can act on.
+
+A PDF's text is read by `protocols.pdf.read_text`, within `AttachmentLimits.pdf`: here, inline,
+or, with `defer_pdf_text` (the daemon), later and elsewhere, from the `PendingPdf` left in its
+place (docs/security.md, content bombs).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import io
 import re
 import struct
-import warnings
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, NoReturn
-
-import pypdf
-import pypdf.errors
 
 from protocols.errors import InvalidRequestError, RequestTooLargeError
 from protocols.model import DocumentBlock, ImageBlock
+from protocols.pdf import PdfLimits, PendingPdf, read_text
 
 __all__ = [
     "IMAGE_MEDIA_TYPES",
@@ -36,6 +36,8 @@ __all__ = [
     "TEXT_MEDIA_TYPE",
     "AttachmentLimits",
     "Budget",
+    "PdfLimits",
+    "PendingPdf",
     "check_image",
     "check_pdf",
     "decode_base64",
@@ -72,6 +74,10 @@ class AttachmentLimits:
     max_bytes: int = 10 * _MIB  # one image or document
     max_total_bytes: int = 24 * _MIB  # all attachments of one request
     max_count: int = 100  # attachments in one request (the API allows 100 images)
+    pdf: PdfLimits = field(default_factory=PdfLimits)
+    # False: a PDF's text is read while decoding. True: the decoder leaves a `PendingPdf` for
+    # the caller to read (the daemon does, in a child process with a time limit)
+    defer_pdf_text: bool = False
 
 
 class Budget:
@@ -315,40 +321,23 @@ def check_pdf(data: bytes, path: str) -> None:
         _fail(path, "the PDF is truncated: it has no %%EOF marker at its end")
 
 
-def pdf_text(data: bytes, path: str) -> str:
-    """The text layer of a PDF, page by page (`[page N]` lines between pages of a longer PDF).
-
-    claude v2.1.197 cannot pass a PDF on to the model (docs/attachments.md), so the relay sends
-    its text. A PDF without text (scanned pages) or one that cannot be opened is a 400, never an
-    empty document the model would answer about anyway.
-    """
+def pdf_text(data: bytes, path: str, limits: PdfLimits | None = None) -> str:
+    """The text layer of a PDF (`protocols.pdf.read_text`), after `check_pdf`."""
     check_pdf(data, path)
-    pages: list[str] = []
-    try:
-        # pypdf reports recoverable damage through `warnings` (and its logger, which the daemon
-        # quiets): the text is still the best reading available
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            reader = pypdf.PdfReader(io.BytesIO(data))
-            if reader.is_encrypted and not reader.decrypt(""):
-                _fail(path, "the PDF is encrypted with a password")
-            for page in reader.pages:
-                pages.append(page.extract_text().strip())
-    except InvalidRequestError:
-        raise
-    except (pypdf.errors.PyPdfError, ValueError, KeyError, TypeError, OSError) as exc:
-        _fail(path, f"the PDF could not be read: {exc}")
-    except Exception as exc:  # pypdf on hostile input: any failure is the document's, not ours
-        _fail(path, f"the PDF could not be read: {type(exc).__name__}")
-    if not any(pages):
-        _fail(
-            path,
-            "the PDF has no text layer (scanned pages?); claude-relay sends a PDF's text to the "
-            "model, so send the pages as images instead",
-        )
-    if len(pages) == 1:
-        return pages[0]
-    return "\n\n".join(f"[page {n}]\n{text}" for n, text in enumerate(pages, 1))
+    return read_text(data, path, limits)
+
+
+def _pdf_document(
+    data: bytes, path: str, budget: Budget | None, title: str | None
+) -> DocumentBlock:
+    """A PDF's DocumentBlock: with its text, or a `PendingPdf` when the limits defer reading."""
+    limits = budget.limits if budget is not None else AttachmentLimits()
+    if limits.defer_pdf_text:
+        check_pdf(data, path)  # cheap, and a wrong file is better told before any waiting
+        return PendingPdf(PDF_MEDIA_TYPE, data=data, title=title, path=path)
+    return DocumentBlock(
+        PDF_MEDIA_TYPE, data=data, text=pdf_text(data, path, limits.pdf), title=title
+    )
 
 
 # --- data: URLs --------------------------------------------------------------------------------
@@ -400,7 +389,7 @@ def document_from_data_url(
     url: object, path: str, budget: Budget | None = None, *, title: str | None = None
 ) -> DocumentBlock:
     """A `DocumentBlock` from a base64 `data:` URL of a PDF or a plain-text file (an OpenAI
-    `file.file_data`); a PDF's text is extracted (`pdf_text`)."""
+    `file.file_data`); a PDF's text is extracted (`pdf_text`) or deferred (`PendingPdf`)."""
     declared, payload = parse_data_url(url, path)
     data = decode_base64(payload, path, budget)
     if declared == TEXT_MEDIA_TYPE:
@@ -413,7 +402,7 @@ def document_from_data_url(
         _fail(path, f"the file's media type should be '{PDF_MEDIA_TYPE}' or '{TEXT_MEDIA_TYPE}'")
     if budget is not None:
         budget.add(len(data), path)
-    return DocumentBlock(PDF_MEDIA_TYPE, data=data, text=pdf_text(data, path), title=title)
+    return _pdf_document(data, path, budget, title)
 
 
 # --- Anthropic `source` objects ----------------------------------------------------------------
@@ -485,7 +474,7 @@ def document_from_source(
     """The blocks of an Anthropic document block's `source`, in order; `path` names the source.
 
     - `base64` (application/pdf): one DocumentBlock with the PDF bytes in `data` and their
-      extracted text in `text` (`pdf_text`);
+      extracted text in `text` (`pdf_text`), or a `PendingPdf` when reading is deferred;
     - `text` (text/plain): one DocumentBlock with `text`;
     - `content` (a string or text and image blocks): a DocumentBlock for each run of text blocks
       (joined with a blank line) and an ImageBlock for each image, in their order.
@@ -500,8 +489,7 @@ def document_from_source(
         data = decode_base64(_required(obj, "data", path), f"{path}.data", budget)
         if budget is not None:
             budget.add(len(data), f"{path}.data")
-        extracted = pdf_text(data, f"{path}.data")
-        return (DocumentBlock(PDF_MEDIA_TYPE, data=data, text=extracted, title=title),)
+        return (_pdf_document(data, f"{path}.data", budget, title),)
     if kind == "text":
         _no_extras(obj, _BASE64_KEYS, path)
         if _required(obj, "media_type", path) != TEXT_MEDIA_TYPE:

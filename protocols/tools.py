@@ -3,8 +3,10 @@
 Both API shapes validate their tools here so the relay's 400s say the same thing for the same
 problem: names as the Messages API allows them, minus the room claude's `mcp__api__` prefix takes
 (the upstream sees that prefixed name); input schemas checked as JSON Schema (draft 2020-12, like
-the API) with the `jsonschema` library; and the API's pairing rule that every tool_use is answered
-by tool_results in the very next message.
+the API) by `response_format.invalid_schema`, so their patterns must compile in RE2 (the relay
+never runs them, but checking compiles them, and Python's `re` overflows its stack on deep
+nesting); and the API's pairing rule that every tool_use is answered by tool_results in the very
+next message.
 """
 
 from __future__ import annotations
@@ -12,10 +14,9 @@ from __future__ import annotations
 import re
 from typing import Any, Final
 
-import jsonschema
-
 from protocols.errors import InvalidRequestError
 from protocols.model import Message, ToolChoice, ToolResultBlock, ToolSpec, ToolUseBlock
+from protocols.response_format import invalid_schema
 
 # claude serves the caller's tools as MCP tools named `mcp__api__<name>`; the API's limit of 64
 # characters applies to that full name.
@@ -48,13 +49,10 @@ def check_schema(schema: object, path: str) -> dict[str, Any]:
         raise _fail(path, "Input should be a valid dictionary")
     if schema.get("type") != "object":
         raise _fail(f"{path}.type", "Input should be 'object'")
-    try:
-        jsonschema.Draft202012Validator.check_schema(schema)
-    except jsonschema.SchemaError as exc:
+    exc = invalid_schema(schema)
+    if exc is not None:
         where = ".".join(str(p) for p in exc.absolute_path)
-        raise _fail(
-            path, f"JSON schema is invalid{' at ' + where if where else ''}: {exc.message}"
-        ) from None
+        raise _fail(path, f"JSON schema is invalid{' at ' + where if where else ''}: {exc.message}")
     return schema
 
 
