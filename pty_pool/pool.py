@@ -47,6 +47,10 @@ from .sticky import Sticky, StickyStore, message_digest
 log = logging.getLogger(__name__)
 
 _SPAWN_BACKOFF_MAX = 30.0
+RECENT_SPECS = 8  # distinct spawn settings remembered for warming
+# Settings are warmed once asked for this often among the recent ones: a one-off system prompt (a
+# timestamp in it is enough) spawns its own claude instead of evicting the default warm one.
+WARM_AFTER_USES = 2
 SWEEP_INTERVAL = 300.0  # seconds between sweeps of attachment directories left by crashes
 
 
@@ -342,7 +346,8 @@ class Pool:
         self._warm: OrderedDict[SpawnSpec, list[Session]] = OrderedDict()
         self._starting: dict[SpawnSpec, int] = {}
         self._busy: set[Session] = set()
-        self._recent: OrderedDict[SpawnSpec, None] = OrderedDict()
+        # recently asked-for spawn settings → how often (of the last RECENT_SPECS distinct ones)
+        self._recent: OrderedDict[SpawnSpec, int] = OrderedDict()
         self._tasks: set[asyncio.Task[None]] = set()
         self._binary: str | None = None
         self.cli_version: str | None = None  # what `claude --version` said at start
@@ -357,7 +362,7 @@ class Pool:
         self._backoff = 0.0
         # spawn settings whose claude failed to start: not warmed again (a request's bad value
         # must not poison the warm pool) until a request's own spawn of them succeeds
-        self._failed: set[SpawnSpec] = set()
+        self._failed: OrderedDict[SpawnSpec, None] = OrderedDict()
         self.spawned = 0
         self.deaths = 0
         self.started = time.time()
@@ -401,7 +406,7 @@ class Pool:
                     versions.OLDEST,
                     versions.PINNED,
                 )
-        self._recent[self._default_spec()] = None
+        self._recent[self._default_spec()] = WARM_AFTER_USES
         self._sticky = await asyncio.to_thread(self._store.load)
         self._spawn_task(self._replenish(), "replenish")
         self._spawn_task(self._reap_idle(), "reap idle sticky")
@@ -499,9 +504,9 @@ class Pool:
         return spawn_spec("default", None, self.settings)
 
     async def _acquire(self, spec: SpawnSpec) -> Session:
-        self._recent[spec] = None
+        self._recent[spec] = self._recent.get(spec, 0) + 1
         self._recent.move_to_end(spec)
-        while len(self._recent) > 8:
+        while len(self._recent) > RECENT_SPECS:
             self._recent.popitem(last=False)
         self._wake.set()
         deadline = time.monotonic() + self.settings.ready_timeout
@@ -509,6 +514,8 @@ class Pool:
             warm = self._warm.get(spec)
             while warm:
                 session = warm.pop(0)
+                if not warm:
+                    del self._warm[spec]
                 if session.alive and session.state == "ready":
                     self._busy.add(session)
                     self._wake.set()
@@ -529,6 +536,8 @@ class Pool:
                     await asyncio.wait_for(self._warmed.wait(), 1.0)
             finally:
                 self._waiters[spec] -= 1
+                if not self._waiters[spec]:
+                    del self._waiters[spec]  # no key left behind per one-off spec
         if self._closing:
             raise errors.ServiceUnavailableError("claude-relay is shutting down")
         assert self._binary is not None
@@ -543,13 +552,15 @@ class Pool:
             if isinstance(exc, errors.RelayError):
                 self._spawn_failed(spec)
             raise
-        self._failed.discard(spec)
+        self._failed.pop(spec, None)
         return session
 
     def _spawn_failed(self, spec: SpawnSpec) -> None:
         """Stop warming `spec`: warming falls back to the default (or another recent) spec."""
         if spec != self._default_spec():
-            self._failed.add(spec)
+            self._failed[spec] = None
+            while len(self._failed) > RECENT_SPECS:
+                self._failed.popitem(last=False)
             self._recent.pop(spec, None)
             self._wake.set()
 
@@ -569,7 +580,12 @@ class Pool:
             self._wake.clear()
             self._prune_dead()
             target = next(
-                (s for s in reversed(self._recent) if s not in self._failed), self._default_spec()
+                (
+                    s
+                    for s, uses in reversed(self._recent.items())
+                    if uses >= WARM_AFTER_USES and s not in self._failed
+                ),
+                self._default_spec(),
             )
             have = len(self._warm.get(target, [])) + self._starting.get(target, 0)
             if have < self.settings.warm and not self._closing:
@@ -579,6 +595,8 @@ class Pool:
                     if victim is None:
                         break
                     self._spawn_task(self._warm[victim].pop(0).close(), "evict")
+                    if not self._warm[victim]:
+                        del self._warm[victim]
                 if self._warm_count() < self.settings.warm:
                     self._starting[target] = self._starting.get(target, 0) + 1
                     self._spawn_task(self._warm_one(target), "warm")
@@ -597,7 +615,7 @@ class Pool:
             await session.start()
             self._backoff = 0.0
             self._claude_error = self._claude_problem = None
-            self._failed.discard(spec)
+            self._failed.pop(spec, None)
             if self._closing:
                 await session.close()
                 return
@@ -618,6 +636,8 @@ class Pool:
         finally:
             # only now, with the session in `_warm`, may waiters look again
             self._starting[spec] -= 1
+            if not self._starting[spec]:
+                del self._starting[spec]
             self._wake.set()
             self._warmed.set()
             if session is not None:
@@ -831,15 +851,15 @@ class Pool:
 
     def _prune_dead(self) -> None:
         """Drop warm sessions whose claude died while idle; the replenisher replaces them."""
-        for spec, sessions in self._warm.items():
+        for spec, sessions in list(self._warm.items()):
             dead = [s for s in sessions if not s.alive or s.state != "ready"]
             for s in dead:
                 sessions.remove(s)
                 self.deaths += 1
                 log.warning("idle claude died; replacing it", extra={"pid": s.pid})
                 self._spawn_task(s.close(), "close dead")
-            if dead:
-                self._warm[spec] = sessions
+            if not sessions:
+                del self._warm[spec]
 
     # --- inspection ----------------------------------------------------------------------------
     def stats(self) -> dict[str, int]:

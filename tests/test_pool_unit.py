@@ -164,6 +164,29 @@ async def test_a_spawn_that_never_returns_makes_health_say_so(
     await pool.close(grace=0)
 
 
+async def test_one_off_spawn_settings_neither_evict_the_warm_claude_nor_stay_behind(
+    fake: FakeClaude,
+) -> None:
+    """A request with a system prompt seen once (a timestamp in it is enough) gets a claude of
+    its own; the default warm claude stays, and no key of that spec is left in the pool's maps
+    (before: two spawns, the warm claude evicted, and a key per distinct prompt for good)."""
+    pool = fake.pool(turn_timeout=1.5, stall_timeout=1.0)
+    await pool.start()
+    await until(lambda: pool.stats()["warm"] == 1, timeout=10.0, what="a warm session")
+    warm_pid = fake.processes()
+    for n in range(3):
+        once = dataclasses.replace(REQUEST, system=f"request at t={n}")
+        with pytest.raises(errors.TimeoutError_):
+            await run_turn(pool, once)  # the fake never answers: each turn times out
+    assert pool.stats()["spawned"] == 4  # the warm one, then one per request: no extra warming
+    assert set(warm_pid) <= set(fake.processes())  # the default warm claude was not evicted
+    assert [spec.system for spec in pool._warm] == [None]
+    assert pool._starting == {} and pool._waiters == {}
+    # the same settings asked for again are worth warming
+    assert sum(1 for s in pool._recent if s.system is not None) == 3
+    await pool.close(grace=0)
+
+
 # --- warming and stats --------------------------------------------------------------------------
 async def test_warm_sessions_and_stats(fake: FakeClaude) -> None:
     pool = fake.pool(warm=2, max_busy=3, max_queue=5)
