@@ -18,7 +18,7 @@ from pathlib import Path
 from protocols import errors
 from protocols.model import SpawnSpec, SystemMode
 
-from . import isolation
+from . import isolation, versions
 from .broker import SERVER_NAME
 from .settings import PoolSettings
 
@@ -119,10 +119,12 @@ def build_argv(
     if allowed:
         argv += ["--allowedTools", ",".join(allowed)]
     argv += ["--resume", session_id] if resume else ["--session-id", session_id]
-    # A named session gets no generated title: 2.1.197 otherwise spends one extra upstream
-    # request (the user's quota) per new conversation on a title nobody sees. 2.1.332 makes
-    # none either way. The name shows in the input box's top rule (`tui._RULE`).
-    argv += ["--name", SESSION_NAME]
+    if not versions.at_least(cli_version, versions.NO_TITLE_REQUEST):
+        # A named session gets no generated title: 2.1.197 otherwise spends one extra upstream
+        # request (the user's quota) per new conversation on a title nobody sees. Unique, so
+        # that no two live sessions share a name. It shows in the input box's top rule
+        # (`tui._RULE`).
+        argv += ["--name", f"{SESSION_NAME}-{session_id[:8]}"]
     if spec.model:
         argv += ["--model", spec.model]
     if spec.system and system_file is not None:

@@ -44,6 +44,13 @@ def _key(version: str) -> tuple[int, int, int] | None:
 FILE_MENTIONS_SWITCH: Final = "2.1.332"
 
 
+# First tested version that makes no session-title request of its own. Below it (2.1.197) every
+# new conversation cost a second upstream request, which a session started with `--name` does
+# not make; from it on no name is given: 2.1.332 tells a session whose name another live
+# session holds so on screen, and has nothing to save.
+NO_TITLE_REQUEST: Final = "2.1.332"
+
+
 # First tested version that wraps a multi-line paste following another paste of the same prompt
 # in `<pasted_content id="…">` tags (`tui.paste_sequence`).
 PASTE_WRAP: Final = "2.1.332"

@@ -105,3 +105,23 @@ def test_a_prompt_empty_once_sanitised_is_a_400(text: str) -> None:
 def test_a_prompt_with_text_or_an_image_passes() -> None:
     check_request(_req(TextBlock(" \0hi ")), SETTINGS)
     check_request(_req(ImageBlock("image/png", b"\x89PNG")), SETTINGS)
+
+
+@pytest.mark.parametrize(
+    ("version", "named"), [("2.1.197", True), (None, True), ("2.1.332", False)]
+)
+def test_sessions_are_named_only_where_that_saves_a_title_request(
+    version: str | None, named: bool
+) -> None:
+    sid = "0123abcd-0000-0000-0000-000000000000"
+    argv = build_argv(
+        "/bin/claude",
+        spawn_spec("default", None, SETTINGS),
+        sid,
+        resume=False,
+        settings=SETTINGS,
+        cli_version=version,
+    )
+    assert ("--name" in argv) is named
+    if named:
+        assert argv[argv.index("--name") + 1] == "api-0123abcd"  # unique: no name clash
