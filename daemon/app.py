@@ -27,6 +27,7 @@ from daemon import (
 from daemon.auth import make_auth_middleware
 from daemon.config import Config
 from daemon.errors import make_error_middleware
+from daemon.guard import GuardPolicy, make_guard_middleware
 from daemon.license import (
     LICENSE_KEY,
     FixedLicense,
@@ -77,10 +78,13 @@ def make_app(
         client_max_size=config.max_body_bytes,
         # Anthropic is the default envelope, also for unmatched routes; routes of other APIs
         # mark themselves with daemon.errors.error_envelope. Metrics sit outside to see the
-        # final status; auth inside, so its 401 gets the envelope of the route asked for.
+        # final status; the browser guard and auth inside, so their 403/415/401 get the envelope
+        # of the route asked for. The guard goes first: a rebound page learns nothing, not even
+        # whether keys are required.
         middlewares=[
             metrics_middleware,
             make_error_middleware(anthropic.error_body),
+            make_guard_middleware(GuardPolicy.from_config(config)),
             make_auth_middleware(config.key_list()),
         ],
     )

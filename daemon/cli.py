@@ -24,6 +24,7 @@ from daemon.app import make_app
 from daemon.auth import exposure_error
 from daemon.config import Config, ConfigError, load_config, resolve_config_file
 from daemon.logs import setup_logging
+from daemon.transport import RelayRunner, TransportLimits
 
 log = logging.getLogger(__name__)
 
@@ -168,10 +169,11 @@ async def serve(config: Config, *, pool: RelayPool | None = None) -> int:
             stop.set()
 
     app = make_app(config, pool=pool)
-    runner = web.AppRunner(
+    # Signals are handled below (aiohttp's would not know about the second one); the runner adds
+    # the socket-level defences: read clocks, the connection cap, JSON for malformed requests.
+    runner = RelayRunner(
         app,
-        handle_signals=False,  # ours below: aiohttp's would not know about the second signal
-        access_log=None,  # the error middleware writes one structured line per request
+        limits=TransportLimits.from_config(config),
         shutdown_timeout=config.shutdown_grace + _FLUSH_SECONDS,
     )
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -59,6 +59,18 @@ class RequestInfo:
 REQUEST_INFO_KEY: Final = web.RequestKey("request_info", RequestInfo)
 
 
+class RequestTimeoutError(InvalidRequestError):
+    """The client did not send its request body in time (daemon.transport)."""
+
+    status = 408
+
+
+class UnsupportedMediaTypeError(InvalidRequestError):
+    """A body the relay does not read: not JSON, or compressed (daemon.guard)."""
+
+    status = 415
+
+
 def request_info(request: web.Request) -> RequestInfo:
     return request[REQUEST_INFO_KEY]
 
@@ -105,7 +117,9 @@ _BY_STATUS: Final[dict[int, type[RelayError]]] = {
     401: AuthenticationError,
     403: PermissionDeniedError,
     404: NotFoundError,
+    408: RequestTimeoutError,
     413: RequestTooLargeError,
+    415: UnsupportedMediaTypeError,
     429: RateLimitError,
 }
 

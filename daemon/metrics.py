@@ -31,6 +31,9 @@ TURN_BUCKETS: Final = (0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 
 FIRST_DELTA_BUCKETS: Final = (0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0)
 TOKEN_TYPES: Final = ("input", "output", "cache_read_input", "cache_creation_input")
 OUTCOMES: Final = ("ok", "error", "abandoned")
+# The method label's values: a client chooses the method, and each new label value is a new
+# series kept for the daemon's lifetime, so anything else is counted as "other".
+METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 def _escape(value: str) -> str:
@@ -323,6 +326,10 @@ class _MeteredEvents:
 # --- observing requests ------------------------------------------------------------------------
 
 
+def _method(request: web.Request) -> str:
+    return request.method if request.method in METHODS else "other"
+
+
 def _route(request: web.Request) -> str:
     # The template, not the path: /v1/sessions/{id} stays one series; unknown paths share one.
     resource = request.match_info.route.resource
@@ -344,4 +351,4 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
         status = 499  # the client left; the same code the access log uses
         raise
     finally:
-        request.app[METRICS_KEY].requests.inc(_route(request), request.method, str(status))
+        request.app[METRICS_KEY].requests.inc(_route(request), _method(request), str(status))

@@ -66,7 +66,7 @@ import orjson
 
 from protocols import attachments
 from protocols import tools as tool_rules
-from protocols.errors import InvalidRequestError, RelayError
+from protocols.errors import EXCERPT_CHARS, InvalidRequestError, RelayError, excerpt
 from protocols.model import (
     ContentBlock,
     DocumentBlock,
@@ -212,7 +212,9 @@ def _object(value: object, path: str) -> dict[str, Any]:
 def _no_extras(obj: dict[str, Any], allowed: frozenset[str], path: str) -> None:
     for key in obj:
         if key not in allowed:
-            _fail(f"{path}.{key}" if path else key, "Extra inputs are not permitted")
+            # the key as sent, unless it is too long to quote whole
+            name = key if len(key) <= EXCERPT_CHARS else excerpt(key)
+            _fail(f"{path}.{name}" if path else name, "Extra inputs are not permitted")
 
 
 def _text_block(raw: object, path: str, *, tagged: bool) -> TextBlock:
@@ -231,8 +233,8 @@ def _text_block(raw: object, path: str, *, tagged: bool) -> TextBlock:
             expected = ", ".join(f"'{t}'" for t in _KNOWN_BLOCK_TYPES)
             _fail(
                 path,
-                f"Input tag '{block_type}' found using 'type' does not match any of the expected "
-                f"tags: {expected}",
+                f"Input tag {excerpt(block_type)} found using 'type' does not match any of the "
+                f"expected tags: {expected}",
             )
         fields = f"{path}.text"
     else:
@@ -497,7 +499,7 @@ def _tools(raw: object) -> tuple[ToolSpec, ...]:
         if kind not in (None, "custom"):
             _fail(
                 f"{path}.type",
-                f"server tools ({kind!r}) are not supported by claude-relay; "
+                f"server tools ({excerpt(kind)}) are not supported by claude-relay; "
                 "only custom tools with an input_schema",
             )
         _no_extras(tool, _TOOL_KEYS, path)

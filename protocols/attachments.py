@@ -26,7 +26,7 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any, Final, NoReturn
 
-from protocols.errors import InvalidRequestError, RequestTooLargeError
+from protocols.errors import InvalidRequestError, RequestTooLargeError, excerpt
 from protocols.model import DocumentBlock, ImageBlock
 from protocols.pdf import PdfLimits, PendingPdf, read_text
 
@@ -374,7 +374,10 @@ def image_from_data_url(url: object, path: str, budget: Budget | None = None) ->
     """
     declared, payload = parse_data_url(url, path)
     if declared is not None and declared not in IMAGE_MEDIA_TYPES:
-        _fail(path, f"the data URL's media type should be {_IMAGE_TYPES_TEXT}, not {declared!r}")
+        _fail(
+            path,
+            f"the data URL's media type should be {_IMAGE_TYPES_TEXT}, not {excerpt(declared)}",
+        )
     data = decode_base64(payload, path, budget)
     try:
         media_type = _image_type(data, declared)

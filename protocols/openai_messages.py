@@ -30,7 +30,7 @@ from protocols.attachments import (
     document_from_data_url,
     image_from_data_url,
 )
-from protocols.errors import InvalidRequestError
+from protocols.errors import InvalidRequestError, excerpt
 from protocols.model import (
     ContentBlock,
     ImageBlock,
@@ -208,7 +208,7 @@ class _Conversation:
             p.fail(
                 "An assistant message with 'tool_calls' must be followed by tool messages "
                 "responding to each 'tool_call_id'. The following tool_call_ids did not have "
-                f"response messages: {', '.join(self.open_calls)}",
+                f"response messages: {p.quoted(', '.join(self.open_calls))}",
                 f"messages.[{index}].role",
                 "invalid_value",
             )
@@ -405,8 +405,8 @@ def decode_tool_choice(raw: object, specs: tuple[ToolSpec, ...], parallel: objec
     name = p.string(p.required(fn, "name", "tool_choice.function"), "tool_choice.function.name")
     if name not in {t.name for t in specs}:
         p.fail(
-            f"Invalid value for 'tool_choice': no function named '{name}' was specified in the "
-            "'tools' parameter.",
+            f"Invalid value for 'tool_choice': no function named {excerpt(name)} was specified "
+            "in the 'tools' parameter.",
             "tool_choice.function.name",
             "invalid_value",
         )

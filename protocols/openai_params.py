@@ -10,12 +10,18 @@ from __future__ import annotations
 
 from typing import Any, Final, NoReturn
 
-from protocols.errors import InvalidRequestError
+from protocols.errors import EXCERPT_CHARS, InvalidRequestError, excerpt
 
 MISSING: Final = object()
 
 
 # --- errors -------------------------------------------------------------------------------------
+
+
+def quoted(text: str) -> str:
+    """`text` as sent when short, else its excerpt: a name in a message stays as the API words it,
+    and a 150 KB one does not make a 150 KB error."""
+    return text if len(text) <= EXCERPT_CHARS else excerpt(text)
 
 
 def fail(message: str, param: str | None, code: str | None = None) -> NoReturn:
@@ -55,7 +61,7 @@ def bad_type(value: object, param: str, expected: str) -> NoReturn:
 def bad_value(value: object, param: str, supported: tuple[str, ...]) -> NoReturn:
     listed = ", ".join(f"'{s}'" for s in supported[:-1]) + f", and '{supported[-1]}'"
     fail(
-        f"Invalid value: '{value}'. Supported values are: {listed}.",
+        f"Invalid value: {excerpt(value)}. Supported values are: {listed}.",
         param,
         "invalid_value",
     )
@@ -124,7 +130,7 @@ def integer(value: object, param: str, *, ge: int | None = None) -> int:
 def no_extras(obj: dict[str, Any], allowed: frozenset[str], where: str) -> None:
     for key in obj:
         if key not in allowed:
-            param = f"{where}.{key}" if where else key
+            param = f"{where}.{quoted(key)}" if where else quoted(key)
             fail(f"Unrecognized request argument supplied: {param}", param, "unknown_parameter")
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from typing import Any, Final
 
-from protocols.errors import InvalidRequestError
+from protocols.errors import InvalidRequestError, excerpt
 from protocols.model import Message, ToolChoice, ToolResultBlock, ToolSpec, ToolUseBlock
 from protocols.response_format import invalid_schema
 
@@ -68,7 +68,7 @@ def check_choice(choice: ToolChoice, tools: tuple[ToolSpec, ...], path: str) -> 
     if choice.type in ("any", "tool") and not tools:
         raise _fail(path, f"tool_choice {choice.type!r} needs at least one tool in tools")
     if choice.type == "tool" and choice.name not in {t.name for t in tools}:
-        raise _fail(f"{path}.name", f"tool {choice.name!r} is not one of the tools offered")
+        raise _fail(f"{path}.name", f"tool {excerpt(choice.name)} is not one of the tools offered")
 
 
 def check_tool_use_id(value: object, path: str) -> str:

@@ -109,10 +109,10 @@ class FakePool:
     def recycle(self) -> None:
         pass
 
-    def sessions(self) -> list[dict[str, object]]:
+    def sessions(self, owner: str | None = None) -> list[dict[str, object]]:
         return []
 
-    async def close_session(self, sid: str) -> bool:
+    async def close_session(self, sid: str, owner: str | None = None) -> bool:
         return False
 
     def stats(self) -> dict[str, int]:

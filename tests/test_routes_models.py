@@ -132,7 +132,8 @@ async def test_count_tokens_validates_max_tokens_if_sent(make: MakeClients) -> N
         assert resp.status == 400
         error = (await resp.json())["error"]
     assert error["type"] == "invalid_request_error"
-    async with client.post("/v1/messages/count_tokens", data=b"{bad") as resp:
+    headers = {"content-type": "application/json"}
+    async with client.post("/v1/messages/count_tokens", data=b"{bad", headers=headers) as resp:
         assert resp.status == 400
 
 

@@ -207,7 +207,8 @@ async def test_bad_requests_get_anthropic_errors(
     sdk: anthropic.AsyncAnthropic, relay: Relay, up: FakeUpstream
 ) -> None:
     async with aiohttp.ClientSession() as s:
-        async with s.post(relay.url + "/v1/messages", data=b"{not json") as r:
+        json_type = {"content-type": "application/json"}
+        async with s.post(relay.url + "/v1/messages", data=b"{not json", headers=json_type) as r:
             assert r.status == 400
             err = await r.json()
         assert err["type"] == "error"

@@ -202,7 +202,11 @@ async def test_errors_use_the_openai_envelope(
         )
     async with (
         aiohttp.ClientSession() as s,
-        s.post(relay.url + "/v1/chat/completions", data=b"{not json") as r,
+        s.post(
+            relay.url + "/v1/chat/completions",
+            data=b"{not json",
+            headers={"content-type": "application/json"},
+        ) as r,
     ):
         assert r.status == 400
         body = await r.json()
