@@ -20,6 +20,8 @@ from daemon.errors import REQUEST_ID_HEADER, request_info
 
 _T = TypeVar("_T")
 log = logging.getLogger(__name__)
+# How often a waiting handler checks that its client is still connected.
+GONE_POLL = 0.5
 
 SSE_HEADERS: Final = {
     "content-type": "text/event-stream; charset=utf-8",
@@ -131,14 +133,25 @@ class SSEWriter:
         Stops early (without raising) when a ping finds the client gone. Use under
         `contextlib.aclosing`, as for `with_heartbeat`.
         """
-        ticks = with_heartbeat(source, interval)
+        # Ticks come at least every GONE_POLL seconds, so a client that left is noticed within
+        # about that even while claude writes nothing; a ping goes out only after `interval`.
+        ticks = with_heartbeat(source, min(interval, GONE_POLL))
+        loop = asyncio.get_running_loop()
+        last = loop.time()
         try:
             async for item in ticks:
+                if client_gone(self.request):
+                    self.disconnected = True
+                    return
                 if item is None:
-                    if client_gone(self.request) or not await self.send(ping()):
+                    if loop.time() - last < interval:
+                        continue
+                    if not await self.send(ping()):
                         self.disconnected = True
                         return
+                    last = loop.time()
                     continue
+                last = loop.time()
                 yield item
         finally:
             await ticks.aclose()

@@ -23,7 +23,7 @@ from aiohttp import web
 from daemon import CONFIG_KEY, RelayPool, pdf_worker
 from daemon.auth import tenant
 from daemon.errors import request_info
-from daemon.sse import SSEWriter, client_gone, with_heartbeat
+from daemon.sse import GONE_POLL, SSEWriter, client_gone, with_heartbeat
 from protocols import stops
 from protocols.attachments import AttachmentLimits
 from protocols.errors import ApiError, RelayError
@@ -69,10 +69,6 @@ async def read_documents(request: web.Request, req: TurnRequest) -> TurnRequest:
             retry_after=config.pool_settings().retry_after,
         )
     return await pdf_worker.read_documents(gate, req, config.attachment_limits().pdf)
-
-
-# How often a non-streamed turn checks that its client is still connected while no event comes.
-GONE_POLL = 0.5
 
 
 class ClientGone(Exception):
