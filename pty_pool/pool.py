@@ -39,7 +39,7 @@ from protocols.tools import trailing_results
 from . import attachments, isolation, tui, versions
 from .broker import Broker
 from .driver import spawner_stuck
-from .session import ClaudeExited, Prompt, Session
+from .session import ClaudeExited, ImageNotTaken, Prompt, Session
 from .settings import PoolSettings
 from .spawn import build_env, find_claude, spawn_spec
 from .sticky import Sticky, StickyStore, message_digest
@@ -184,8 +184,11 @@ class Turn:
                         yield ev
                     break
                 except ClaudeExited as exc:
-                    # a warm claude that died unnoticed before taking the prompt: use another
+                    # a warm claude that died unnoticed before taking the prompt, or one that
+                    # did not take an image: use another
                     if exc.answered or attempt == 2 or pool._closing:
+                        if isinstance(exc, ImageNotTaken):
+                            raise exc.as_request_error() from exc
                         raise
                     pool._release(session)
                     session = None
@@ -295,6 +298,8 @@ class Turn:
         try:
             async for ev in again.run_turn(prompt, req.tools, req.tool_choice):
                 yield ev
+        except ImageNotTaken as exc:
+            raise exc.as_request_error() from exc
         finally:
             pool._busy.discard(again)
             pool._idle.set()

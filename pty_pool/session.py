@@ -52,6 +52,13 @@ class ClaudeExited(errors.ApiError):
         self.answered = answered
 
 
+class ImageNotTaken(ClaudeExited):
+    """claude left a pasted image path as text; a second claude refusing it means a bad image."""
+
+    def as_request_error(self) -> errors.InvalidRequestError:
+        return errors.InvalidRequestError(self.message)
+
+
 State = Literal["starting", "ready", "busy", "parked", "dead"]
 POLL_INTERVAL = 0.1  # the screen is read at least this often while waiting
 MIN_POLL_GAP = 0.008  # and at most this often: a frame written in several chunks coalesces
@@ -70,6 +77,8 @@ TOOLS_SETTLE = 0.1
 # a pasted image path shows as `[Image #N]` 20–110 ms later (0.2–0.4 s for a 6.7 MB PNG that
 # claude resizes); beyond this claude did not take it
 IMAGE_ATTACH_TIMEOUT = 10.0
+IMAGE_AS_TEXT_SETTLE = 1.0  # a pasted image path left as text this long: claude refused it
+IMAGE_PASTE_QUIET = 0.1  # screen unchanged this long before an image path is pasted
 
 # What a turn pastes: text, and image files (a Path) where the client put images.
 Prompt = str | Sequence[str | Path]
@@ -537,14 +546,28 @@ class Session:
             await self._die()
             raise ClaudeExited(f"claude exited before the prompt: {exc}", answered=False) from exc
 
+    async def _quiet(self, quiet: float, within: float) -> None:
+        """Wait until claude has drawn nothing for `quiet` seconds (at most `within`)."""
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline and not self._eof:
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), quiet)
+            except TimeoutError:
+                return
+
     async def _attach_image(self, path: Path) -> None:
         """Paste an image's path and wait until claude shows it as a new `[Image #N]`."""
+        # Text pasted just before must be taken in first: under load, a path pasted while claude
+        # still handled the text paste stayed text in the input (2.1.332, load average ~10).
+        await self._quiet(IMAGE_PASTE_QUIET, IMAGE_ATTACH_TIMEOUT / 2)
         snap = self._screen.snapshot()
         before = attachments.newest_image(tui.classify(snap).input_text)
         self._driver.write(tui.paste_keys(attachments.image_paste_text(path)))
         await self._driver.drain()
         deadline = time.monotonic() + IMAGE_ATTACH_TIMEOUT
         seq = snap.seq
+        as_text_since: float | None = None
         while True:
             snap = await self._next_snapshot(seq)
             seq = snap.seq
@@ -553,16 +576,29 @@ class Session:
             text = tui.classify(snap).input_text
             if attachments.newest_image(text) > before:
                 return
-            if attachments.pasted_as_text(text, path):
-                # the decoder checked the header, but claude could not decode the image
-                raise errors.InvalidRequestError(
+            # Under load claude can show the pasted path as text for a moment before it turns
+            # it into `[Image #N]`; only a path that stays text means it could not decode it.
+            if not attachments.pasted_as_text(text, path):
+                as_text_since = None
+            elif time.monotonic() - (as_text_since := as_text_since or time.monotonic()) >= (
+                IMAGE_AS_TEXT_SETTLE
+            ):
+                # The decoder checked the header, yet claude left the path as text: it could not
+                # decode the image, or (seen under heavy load, 1 in ~50 on 2.1.332) it gave up
+                # on a good one. The input now holds that text, so this claude is done; the pool
+                # tries once more on another before calling the image bad.
+                log.warning("image pasted as text; screen:\n%s", _screen_text(snap))
+                await self._die()
+                raise ImageNotTaken(
                     "claude could not read one of the request's images (it is damaged or in a "
-                    "form claude does not decode); the request was not sent"
+                    "form claude does not decode); the request was not sent",
+                    answered=False,
                 )
             if time.monotonic() > deadline:
+                log.warning("image not attached; screen:\n%s", _screen_text(snap))
                 raise errors.ApiError(
-                    f"claude did not attach an image within {IMAGE_ATTACH_TIMEOUT:.0f}s; screen:\n"
-                    + _screen_text(snap)
+                    f"claude did not attach an image within {IMAGE_ATTACH_TIMEOUT:.0f}s "
+                    "(its screen is in the daemon's log)"
                 )
 
     async def interrupt(self) -> None:
