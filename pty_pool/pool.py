@@ -17,7 +17,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator, Coroutine
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -73,6 +73,9 @@ class Parked:
     sticky: Sticky | None
     ids: tuple[str, ...]
     owner: str | None = None  # the tenant whose request parked it: only it may answer
+    # set once it leaves the registry: its timeout task ends then, instead of holding the
+    # session (screen, transcript) for the rest of tool_result_timeout
+    gone: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 def sticky_key(owner: str | None, sid: str) -> str:
@@ -430,7 +433,8 @@ class Pool:
         # sticky claudes stop too; their ids stay in the state file and resume after a restart
         sessions += [st.session for st in self._sticky.values() if st.session is not None]
         sessions += [p.session for p in self._parked.values()]
-        self._parked.clear()
+        for entry in list(self._parked.values()):
+            self._forget(entry)
         sessions = list(dict.fromkeys(sessions))
         self._warm.clear()
         await asyncio.gather(*(s.close() for s in sessions), return_exceptions=True)
@@ -678,6 +682,7 @@ class Pool:
             if self._parked.get(tool_use_id) is entry:
                 del self._parked[tool_use_id]
                 found = True
+        entry.gone.set()
         return found
 
     def _unpark(self, req: TurnRequest, sticky: Sticky | None) -> Session | None:
@@ -700,7 +705,7 @@ class Pool:
 
     async def _expire(self, entry: Parked) -> None:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._closed.wait(), self.settings.tool_result_timeout)
+            await asyncio.wait_for(entry.gone.wait(), self.settings.tool_result_timeout)
         if self._forget(entry):
             log.warning(
                 "no tool_result within %.0fs; cancelling the tool calls",
