@@ -25,6 +25,7 @@ from daemon.config import Config
 from daemon.transport import RelayRunner, RelayServer, TransportLimits
 from protocols.model import TextDelta
 from tests.helpers.proc import until
+from tests.support.raw_http import closed_by_server, trickle_until_closed
 from tests.test_app import FakePool, body, next_event, result
 
 
@@ -77,14 +78,6 @@ async def read_reply(reader: asyncio.StreamReader) -> Reply:
 
 async def connect(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     return await asyncio.open_connection("127.0.0.1", port)
-
-
-async def closed_by_server(reader: asyncio.StreamReader) -> bool:
-    """True once the server has closed the connection (EOF or reset) without a reply."""
-    try:
-        return await reader.read(1) == b""
-    except ConnectionResetError:
-        return True
 
 
 def request(
@@ -155,26 +148,7 @@ async def test_headers_that_trickle_in_are_cut_off(tmp_path: Path) -> None:
     async with serving(tmp_path, read_timeout=0.3) as served:
         loop = asyncio.get_running_loop()
         started = loop.time()  # before the server can have accepted the connection
-        reader, writer = await connect(served.port)
-
-        async def trickle() -> None:
-            # A slowloris client: a header line now and then, never the end of the headers.
-            with contextlib.suppress(ConnectionError):
-                writer.write(b"GET /v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
-                while True:
-                    writer.write(b"X-Slow: 1\r\n")
-                    await writer.drain()
-                    await asyncio.sleep(0.05)  # the pace is the attack, not a wait for the server
-
-        trickling = asyncio.create_task(trickle())
-        try:
-            async with asyncio.timeout(5):
-                assert await closed_by_server(reader)
-        finally:
-            trickling.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await trickling
-            writer.close()
+        await trickle_until_closed(served.port, pace=0.05, within=5)
         # a deadline from the connection's opening, however steadily bytes kept coming
         assert loop.time() - started >= 0.3
 

@@ -18,6 +18,7 @@ import orjson
 import pytest
 
 from daemon.fake_upstream import FakeUpstream, Reply
+from tests.support.raw_http import trickle_until_closed
 from tests.support.relay_proc import Relay, start_relay
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -42,13 +43,6 @@ async def raw_reply(
         headers[name.strip().lower()] = value.strip()
     body = await reader.readexactly(int(headers.get("content-length", "0")))
     return int(status_line.split()[1]), headers, orjson.loads(body) if body else None
-
-
-async def closed_by_server(reader: asyncio.StreamReader) -> bool:
-    try:
-        return await reader.read(1) == b""
-    except ConnectionResetError:
-        return True
 
 
 def port_of(relay: Relay) -> int:
@@ -121,25 +115,7 @@ async def test_slow_clients_are_cut_off_but_slow_streams_are_not(upstream: FakeU
         port = port_of(relay)
 
         # headers that trickle in: closed about read_timeout after the first byte
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-
-        async def trickle() -> None:
-            with contextlib.suppress(ConnectionError):
-                writer.write(b"GET /v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
-                while True:
-                    writer.write(b"X-Slow: 1\r\n")
-                    await writer.drain()
-                    await asyncio.sleep(0.2)  # the pace is the attack, not a wait for the daemon
-
-        trickling = asyncio.create_task(trickle())
-        try:
-            async with asyncio.timeout(10):
-                assert await closed_by_server(reader)
-        finally:
-            trickling.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await trickling
-            writer.close()
+        await trickle_until_closed(port, pace=0.2, within=10)
 
         # a body that stalls: 408 in the route's envelope
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
