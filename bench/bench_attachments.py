@@ -26,8 +26,8 @@ import anthropic
 import orjson
 
 from bench.bench_core import fmt
-from daemon.fake_upstream import FakeUpstream, Reply
-from protocols.anthropic import decode_request
+from claude_relay.daemon.fake_upstream import FakeUpstream, Reply
+from claude_relay.protocols.anthropic import decode_request
 from tests.support import media
 from tests.support.relay_proc import start_relay
 

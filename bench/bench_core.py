@@ -24,7 +24,7 @@ from typing import Any
 
 import anthropic
 
-from daemon.fake_upstream import FakeUpstream, Reply
+from claude_relay.daemon.fake_upstream import FakeUpstream, Reply
 from tests.support.claude_env import child_env, claude_bin, make_home
 from tests.support.relay_proc import Relay, children_of, start_relay
 

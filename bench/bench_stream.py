@@ -42,18 +42,18 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from daemon.fake_upstream import FakeUpstream, Reply, ToolUse
-from daemon.mcp import serving
-from protocols.model import SpawnSpec, TextDelta, ToolSpec, TurnResult
-from pty_pool import ax, isolation, tui, versions
-from pty_pool.broker import Broker, Channel
-from pty_pool.driver import PtyDriver
-from pty_pool.files import write_private
-from pty_pool.screen import ScreenReader, Snapshot
-from pty_pool.session import Session
-from pty_pool.settings import PoolSettings
-from pty_pool.spawn import MCP_CONFIG_FILE, build_argv, build_env, private_args
-from pty_pool.transcript import TranscriptTail, TurnLog, find_transcript
+from claude_relay.daemon.fake_upstream import FakeUpstream, Reply, ToolUse
+from claude_relay.daemon.mcp import serving
+from claude_relay.protocols.model import SpawnSpec, TextDelta, ToolSpec, TurnResult
+from claude_relay.pty_pool import ax, isolation, tui, versions
+from claude_relay.pty_pool.broker import Broker, Channel
+from claude_relay.pty_pool.driver import PtyDriver
+from claude_relay.pty_pool.files import write_private
+from claude_relay.pty_pool.screen import ScreenReader, Snapshot
+from claude_relay.pty_pool.session import Session
+from claude_relay.pty_pool.settings import PoolSettings
+from claude_relay.pty_pool.spawn import MCP_CONFIG_FILE, build_argv, build_env, private_args
+from claude_relay.pty_pool.transcript import TranscriptTail, TurnLog, find_transcript
 from tests.support.claude_env import child_env, claude_bin, make_home
 
 COLUMNS = 100

@@ -18,7 +18,7 @@ from typing import Any
 import anthropic
 
 from bench.bench_core import fmt
-from daemon.fake_upstream import Body, FakeUpstream, Reply, ToolUse
+from claude_relay.daemon.fake_upstream import Body, FakeUpstream, Reply, ToolUse
 from tests.support.relay_proc import start_relay
 
 TOOL: Any = {

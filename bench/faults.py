@@ -34,7 +34,7 @@ import aiohttp
 from bench import reliability as rel
 from bench import wire
 from bench.wire import Api, Outcome
-from daemon.fake_upstream import FakeUpstream, Reply
+from claude_relay.daemon.fake_upstream import FakeUpstream, Reply
 from tests.support.claude_env import make_home
 from tests.support.relay_proc import Relay
 

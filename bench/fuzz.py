@@ -34,7 +34,7 @@ import orjson
 from bench import reliability as rel
 from bench import wire
 from bench.fuzz_cases import Case, make_case
-from daemon.fake_upstream import FakeUpstream
+from claude_relay.daemon.fake_upstream import FakeUpstream
 
 BAD = ("5xx", "non-envelope", "hang", "conn error")
 CLASSES = ("2xx", "4xx", "5xx upstream", "5xx capacity", *BAD)

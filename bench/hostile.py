@@ -29,7 +29,7 @@ import orjson
 
 from bench import attacks, wire
 from bench import reliability as rel
-from daemon.fake_upstream import FakeUpstream, Reply, ToolUse
+from claude_relay.daemon.fake_upstream import FakeUpstream, Reply, ToolUse
 from tests.support.relay_proc import Relay
 
 TOOL_RESULT_TIMEOUT = 20.0

@@ -24,7 +24,7 @@ from typing import Any
 
 import aiohttp
 
-from daemon.fake_upstream import FakeUpstream
+from claude_relay.daemon.fake_upstream import FakeUpstream
 from tests.support.relay_proc import Relay, start_relay
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -30,7 +30,7 @@ import orjson
 from bench import reliability as rel
 from bench import wire
 from bench.wire import Api, Outcome
-from daemon.fake_upstream import Body, FakeUpstream, Reply, ToolUse, user_text
+from claude_relay.daemon.fake_upstream import Body, FakeUpstream, Reply, ToolUse, user_text
 from tests.support.relay_proc import Relay
 
 TOOL_PREFIX = "mcp__api__"  # how claude names the relay's tools upstream

@@ -14,8 +14,8 @@ from typing import Protocol
 
 from aiohttp import web
 
-from daemon.config import Config
-from protocols.model import TurnEvent, TurnRequest
+from claude_relay.daemon.config import Config
+from claude_relay.protocols.model import TurnEvent, TurnRequest
 
 
 class TurnHandle(Protocol):

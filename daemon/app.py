@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from daemon import (
+from claude_relay.daemon import (
     CONFIG_KEY,
     POOL_KEY,
     STARTED_KEY,
@@ -24,11 +24,11 @@ from daemon import (
     routes_ops,
     routes_sessions,
 )
-from daemon.auth import make_auth_middleware
-from daemon.config import Config
-from daemon.errors import make_error_middleware
-from daemon.guard import GuardPolicy, make_guard_middleware
-from daemon.license import (
+from claude_relay.daemon.auth import make_auth_middleware
+from claude_relay.daemon.config import Config
+from claude_relay.daemon.errors import make_error_middleware
+from claude_relay.daemon.guard import GuardPolicy, make_guard_middleware
+from claude_relay.daemon.license import (
     LICENSE_KEY,
     FixedLicense,
     LicensedPool,
@@ -37,11 +37,11 @@ from daemon.license import (
     LicenseState,
     license_lifetime,
 )
-from daemon.mcp import BROKER_KEY
-from daemon.metrics import METRICS_KEY, MeteredPool, Metrics, metrics_middleware
-from protocols import anthropic
-from pty_pool.broker import Broker
-from pty_pool.pool import Pool
+from claude_relay.daemon.mcp import BROKER_KEY
+from claude_relay.daemon.metrics import METRICS_KEY, MeteredPool, Metrics, metrics_middleware
+from claude_relay.protocols import anthropic
+from claude_relay.pty_pool.broker import Broker
+from claude_relay.pty_pool.pool import Pool
 
 
 async def _mcp_lifetime(app: web.Application) -> AsyncIterator[None]:

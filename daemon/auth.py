@@ -18,8 +18,8 @@ from typing import Final
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from daemon.config import Config
-from protocols.errors import AuthenticationError
+from claude_relay.daemon.config import Config
+from claude_relay.protocols.errors import AuthenticationError
 
 OPEN_PATHS: Final = frozenset({"/v1/health", "/health"})  # monitors and load balancers
 

@@ -14,8 +14,8 @@ from typing import Final
 
 import orjson
 
-from pty_pool import versions
-from pty_pool.versions import ProbeError
+from claude_relay.pty_pool import versions
+from claude_relay.pty_pool.versions import ProbeError
 
 __all__ = [
     "API_KEY_WARNING",

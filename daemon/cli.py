@@ -19,12 +19,12 @@ from pathlib import Path
 
 from aiohttp import web
 
-from daemon import POOL_KEY, RelayPool, cli_ops
-from daemon.app import make_app
-from daemon.auth import exposure_error
-from daemon.config import Config, ConfigError, load_config, resolve_config_file
-from daemon.logs import setup_logging
-from daemon.transport import RelayRunner, TransportLimits
+from claude_relay.daemon import POOL_KEY, RelayPool, cli_ops
+from claude_relay.daemon.app import make_app
+from claude_relay.daemon.auth import exposure_error
+from claude_relay.daemon.config import Config, ConfigError, load_config, resolve_config_file
+from claude_relay.daemon.logs import setup_logging
+from claude_relay.daemon.transport import RelayRunner, TransportLimits
 
 log = logging.getLogger(__name__)
 

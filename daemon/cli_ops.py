@@ -15,10 +15,10 @@ import sys
 from pathlib import Path
 from typing import Final
 
-from daemon import ctl, doctor, selftest, service
-from daemon.auth import exposure_error
-from daemon.config import CONFIG_ENV, ENV_PREFIX, Config, ConfigError, load_config
-from daemon.config import resolve_config_file as _resolve
+from claude_relay.daemon import ctl, doctor, selftest, service
+from claude_relay.daemon.auth import exposure_error
+from claude_relay.daemon.config import CONFIG_ENV, ENV_PREFIX, Config, ConfigError, load_config
+from claude_relay.daemon.config import resolve_config_file as _resolve
 
 # Variables the test suite and tooling set that are no config fields.
 _NOT_SETTINGS: Final = frozenset(

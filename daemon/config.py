@@ -20,8 +20,8 @@ from typing import Final, Literal
 
 import platformdirs
 
-from protocols.attachments import AttachmentLimits, PdfLimits
-from pty_pool.settings import PoolSettings
+from claude_relay.protocols.attachments import AttachmentLimits, PdfLimits
+from claude_relay.pty_pool.settings import PoolSettings
 
 APP_NAME: Final = "claude-relay"
 ENV_PREFIX: Final = "CLAUDE_RELAY_"

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final, TextIO
 
-from daemon.config import Config
+from claude_relay.daemon.config import Config
 
 TIMEOUT: Final = 5.0
 EXIT_UNREACHABLE: Final = 3  # LSB's "program is not running", what `status` scripts return

@@ -16,13 +16,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Final, Literal, TextIO
 
-from daemon import ctl, service
-from daemon.auth import exposure_error, is_loopback
-from daemon.claude_probe import LOGIN_HELP, AuthStatus
-from daemon.config import Config, default_config_path
-from daemon.license import check_claude as claude_state
-from pty_pool import versions
-from pty_pool.spawn import build_env
+from claude_relay.daemon import ctl, service
+from claude_relay.daemon.auth import exposure_error, is_loopback
+from claude_relay.daemon.claude_probe import LOGIN_HELP, AuthStatus
+from claude_relay.daemon.config import Config, default_config_path
+from claude_relay.daemon.license import check_claude as claude_state
+from claude_relay.pty_pool import versions
+from claude_relay.pty_pool.spawn import build_env
 
 Status = Literal["ok", "warn", "fail"]
 _MARK: Final = {"ok": "ok", "warn": "WARN", "fail": "FAIL"}

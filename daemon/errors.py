@@ -20,7 +20,7 @@ import orjson
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from protocols.errors import (
+from claude_relay.protocols.errors import (
     ApiError,
     AuthenticationError,
     InvalidRequestError,
@@ -33,7 +33,7 @@ from protocols.errors import (
 
 log = logging.getLogger(__name__)
 # Its own name, so the per-request lines can be filtered or routed apart from diagnostics.
-access_log = logging.getLogger("daemon.access")
+access_log = logging.getLogger("claude_relay.access")
 
 ErrorRenderer = Callable[[RelayError, str | None], dict[str, Any]]
 """Builds an API's error body from an error and the request id (`protocols.*.error_body`)."""

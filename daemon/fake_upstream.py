@@ -17,8 +17,8 @@ Failures are scripted too (HTTP error statuses, a dropped connection mid-stream,
 event, a stall, a request whose headers never come), and every request is recorded with how it
 ended, so tests can assert that a client timed out or went away.
 
-Run `python -m daemon.fake_upstream --port 18080` for an out-of-process instance; it prints
-its URL on stdout.
+Run `python -m claude_relay.daemon.fake_upstream --port 18080` for an out-of-process instance; it
+prints its URL on stdout.
 """
 
 from __future__ import annotations
@@ -1097,7 +1097,7 @@ def _close_transport(request: web.Request) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m daemon.fake_upstream",
+        prog="python -m claude_relay.daemon.fake_upstream",
         description="Run the fake Anthropic Messages API in the foreground; prints its URL.",
     )
     parser.add_argument("--host", default="127.0.0.1")

@@ -17,10 +17,10 @@ from typing import Final
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from daemon.auth import is_loopback
-from daemon.config import Config
-from daemon.errors import UnsupportedMediaTypeError
-from protocols.errors import PermissionDeniedError, excerpt
+from claude_relay.daemon.auth import is_loopback
+from claude_relay.daemon.config import Config
+from claude_relay.daemon.errors import UnsupportedMediaTypeError
+from claude_relay.protocols.errors import PermissionDeniedError, excerpt
 
 ANY_HOST: Final = "*"
 # What a browser sends for a request made by a page of another site, or of another port of

@@ -22,13 +22,19 @@ from typing import Final, Protocol
 
 from aiohttp import web
 
-from daemon import POOL_KEY, RelayPool, TurnHandle
-from daemon.claude_probe import LOGIN_HELP, AuthStatus, ProbeError, auth_status, claude_version
-from daemon.config import Config
-from daemon.pool_proxy import PoolProxy
-from protocols.errors import ServiceUnavailableError
-from protocols.model import TurnEvent, TurnRequest
-from pty_pool.spawn import build_env, find_claude
+from claude_relay.daemon import POOL_KEY, RelayPool, TurnHandle
+from claude_relay.daemon.claude_probe import (
+    LOGIN_HELP,
+    AuthStatus,
+    ProbeError,
+    auth_status,
+    claude_version,
+)
+from claude_relay.daemon.config import Config
+from claude_relay.daemon.pool_proxy import PoolProxy
+from claude_relay.protocols.errors import ServiceUnavailableError
+from claude_relay.protocols.model import TurnEvent, TurnRequest
+from claude_relay.pty_pool.spawn import build_env, find_claude
 
 log = logging.getLogger(__name__)
 

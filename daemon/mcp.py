@@ -22,7 +22,7 @@ from typing import Any, Final
 import orjson
 from aiohttp import web
 
-from pty_pool.broker import Broker, Channel, McpResult
+from claude_relay.pty_pool.broker import Broker, Channel, McpResult
 
 log = logging.getLogger(__name__)
 

@@ -19,10 +19,10 @@ from typing import Final
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from daemon import RelayPool, TurnHandle
-from daemon.pool_proxy import PoolProxy
-from protocols.errors import RelayError
-from protocols.model import TextDelta, TurnEvent, TurnRequest, TurnResult
+from claude_relay.daemon import RelayPool, TurnHandle
+from claude_relay.daemon.pool_proxy import PoolProxy
+from claude_relay.protocols.errors import RelayError
+from claude_relay.protocols.model import TextDelta, TurnEvent, TurnRequest, TurnResult
 
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 _PREFIX: Final = "claude_relay_"

@@ -28,9 +28,15 @@ from typing import Final
 
 import orjson
 
-from protocols.errors import ApiError, InvalidRequestError, OverloadedError, RelayError
-from protocols.model import TurnRequest
-from protocols.pdf import PdfLimits, PendingPdf, pending_pdfs, read_text, with_pdf_texts
+from claude_relay.protocols.errors import ApiError, InvalidRequestError, OverloadedError, RelayError
+from claude_relay.protocols.model import TurnRequest
+from claude_relay.protocols.pdf import (
+    PdfLimits,
+    PendingPdf,
+    pending_pdfs,
+    read_text,
+    with_pdf_texts,
+)
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ mypy then checks every wrapper at the one place that stores it as a `RelayPool` 
 
 from __future__ import annotations
 
-from daemon import RelayPool, TurnHandle
-from protocols.model import TurnRequest
+from claude_relay.daemon import RelayPool, TurnHandle
+from claude_relay.protocols.model import TurnRequest
 
 
 class PoolProxy:

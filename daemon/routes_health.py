@@ -11,10 +11,10 @@ import time
 import orjson
 from aiohttp import web
 
-from daemon import CONFIG_KEY, POOL_KEY, STARTED_KEY
-from daemon.errors import request_info
-from daemon.license import LICENSE_KEY
-from pty_pool import versions
+from claude_relay.daemon import CONFIG_KEY, POOL_KEY, STARTED_KEY
+from claude_relay.daemon.errors import request_info
+from claude_relay.daemon.license import LICENSE_KEY
+from claude_relay.pty_pool import versions
 
 
 def _port(request: web.Request) -> int:

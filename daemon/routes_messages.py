@@ -13,11 +13,11 @@ import logging
 import orjson
 from aiohttp import web
 
-from daemon import POOL_KEY, RelayPool, turns
-from daemon.errors import error_envelope, request_info
-from protocols import anthropic
-from protocols.errors import ServiceUnavailableError
-from protocols.model import TextDelta, TurnEvent, TurnRequest
+from claude_relay.daemon import POOL_KEY, RelayPool, turns
+from claude_relay.daemon.errors import error_envelope, request_info
+from claude_relay.protocols import anthropic
+from claude_relay.protocols.errors import ServiceUnavailableError
+from claude_relay.protocols.model import TextDelta, TurnEvent, TurnRequest
 
 log = logging.getLogger(__name__)
 

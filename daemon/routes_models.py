@@ -18,12 +18,12 @@ from typing import Any, Final
 import orjson
 from aiohttp import web
 
-from daemon import CONFIG_KEY, turns
-from daemon.errors import error_envelope
-from protocols import anthropic
-from protocols.attachments import AttachmentLimits, image_size
-from protocols.errors import InvalidRequestError, NotFoundError
-from protocols.model import (
+from claude_relay.daemon import CONFIG_KEY, turns
+from claude_relay.daemon.errors import error_envelope
+from claude_relay.protocols import anthropic
+from claude_relay.protocols.attachments import AttachmentLimits, image_size
+from claude_relay.protocols.errors import InvalidRequestError, NotFoundError
+from claude_relay.protocols.model import (
     DocumentBlock,
     ImageBlock,
     TextBlock,
@@ -31,7 +31,7 @@ from protocols.model import (
     ToolUseBlock,
     TurnRequest,
 )
-from pty_pool.spawn import DEFAULT_MODEL_NAMES
+from claude_relay.pty_pool.spawn import DEFAULT_MODEL_NAMES
 
 # Unknown release dates are the Unix epoch, as the Anthropic API does for them.
 _EPOCH_ISO: Final = "1970-01-01T00:00:00Z"

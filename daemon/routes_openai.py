@@ -15,12 +15,12 @@ import time
 import orjson
 from aiohttp import web
 
-from daemon import POOL_KEY, RelayPool, turns
-from daemon.errors import error_envelope, request_info
-from daemon.routes_messages import SESSION_HEADER
-from protocols import openai, response_format
-from protocols.errors import ServiceUnavailableError
-from protocols.model import TextDelta, TurnEvent
+from claude_relay.daemon import POOL_KEY, RelayPool, turns
+from claude_relay.daemon.errors import error_envelope, request_info
+from claude_relay.daemon.routes_messages import SESSION_HEADER
+from claude_relay.protocols import openai, response_format
+from claude_relay.protocols.errors import ServiceUnavailableError
+from claude_relay.protocols.model import TextDelta, TurnEvent
 
 log = logging.getLogger(__name__)
 

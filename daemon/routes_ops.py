@@ -15,9 +15,9 @@ from importlib import metadata
 import orjson
 from aiohttp import web
 
-from daemon import POOL_KEY
-from daemon.license import LICENSE_KEY, LicenseState
-from daemon.metrics import CONTENT_TYPE, METRICS_KEY
+from claude_relay.daemon import POOL_KEY
+from claude_relay.daemon.license import LICENSE_KEY, LicenseState
+from claude_relay.daemon.metrics import CONTENT_TYPE, METRICS_KEY
 
 
 @cache

@@ -9,9 +9,9 @@ from __future__ import annotations
 import orjson
 from aiohttp import web
 
-from daemon import POOL_KEY
-from daemon.auth import tenant
-from protocols.errors import NotFoundError, excerpt
+from claude_relay.daemon import POOL_KEY
+from claude_relay.daemon.auth import tenant
+from claude_relay.protocols.errors import NotFoundError, excerpt
 
 
 async def list_sessions(request: web.Request) -> web.Response:

@@ -23,15 +23,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from daemon.fake_upstream import FakeUpstream, Reply
-from daemon.scratch_home import FAKE_API_KEY, leaks, make_home
-from protocols import errors
-from protocols.model import SpawnSpec, TextDelta, TurnResult
-from pty_pool import versions
-from pty_pool.attachments import JS_SPACES
-from pty_pool.isolation import prepare
-from pty_pool.session import Session
-from pty_pool.settings import PoolSettings
+from claude_relay.daemon.fake_upstream import FakeUpstream, Reply
+from claude_relay.daemon.scratch_home import FAKE_API_KEY, leaks, make_home
+from claude_relay.protocols import errors
+from claude_relay.protocols.model import SpawnSpec, TextDelta, TurnResult
+from claude_relay.pty_pool import versions
+from claude_relay.pty_pool.attachments import JS_SPACES
+from claude_relay.pty_pool.isolation import prepare
+from claude_relay.pty_pool.session import Session
+from claude_relay.pty_pool.settings import PoolSettings
 
 SECRET = "TOP-SECRET-CONTENT-5512"
 # A prompt claude would collapse into `[Pasted text #N]` if pasted whole (lines, a long line,
@@ -239,7 +239,7 @@ def main(binary: str, stream: TextIO) -> int:
         print(f"{mark} {line.name:<10} {line.detail}", file=stream, flush=True)
 
     # the session's own warnings would interleave with the check lines; failures are reported
-    logging.getLogger("pty_pool").setLevel(logging.ERROR)
+    logging.getLogger("claude_relay.pty_pool").setLevel(logging.ERROR)
     passed = asyncio.run(run(binary, out))
     print("self-test " + ("passed" if passed else "FAILED"), file=stream)
     return 0 if passed else 1

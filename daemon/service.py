@@ -49,7 +49,7 @@ def current_platform() -> Platform | None:
 def relay_argv(config_file: Path | None) -> list[str]:
     """The command the service runs: this installation's console script, absolute."""
     script = Path(sys.executable).with_name("claude-relay")
-    argv = [str(script)] if script.is_file() else [sys.executable, "-m", "daemon"]
+    argv = [str(script)] if script.is_file() else [sys.executable, "-m", "claude_relay"]
     argv.append("serve")
     if config_file is not None:
         argv += ["--config", str(config_file.expanduser().resolve())]

@@ -15,8 +15,8 @@ from typing import Final, TypeVar
 
 from aiohttp import web
 
-from daemon import CONFIG_KEY
-from daemon.errors import REQUEST_ID_HEADER, request_info
+from claude_relay.daemon import CONFIG_KEY
+from claude_relay.daemon.errors import REQUEST_ID_HEADER, request_info
 
 _T = TypeVar("_T")
 log = logging.getLogger(__name__)

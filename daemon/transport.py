@@ -27,10 +27,20 @@ from aiohttp.abc import AbstractStreamWriter
 from aiohttp.http_parser import RawRequestMessage
 from aiohttp.streams import StreamReader
 
-from daemon.config import Config
-from daemon.errors import REQUEST_ID_HEADER, RequestTimeoutError, error_response, new_request_id
-from protocols import anthropic
-from protocols.errors import ApiError, InvalidRequestError, RelayError, ServiceUnavailableError
+from claude_relay.daemon.config import Config
+from claude_relay.daemon.errors import (
+    REQUEST_ID_HEADER,
+    RequestTimeoutError,
+    error_response,
+    new_request_id,
+)
+from claude_relay.protocols import anthropic
+from claude_relay.protocols.errors import (
+    ApiError,
+    InvalidRequestError,
+    RelayError,
+    ServiceUnavailableError,
+)
 
 log = logging.getLogger(__name__)
 

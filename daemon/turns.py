@@ -20,14 +20,14 @@ from weakref import WeakKeyDictionary
 
 from aiohttp import web
 
-from daemon import CONFIG_KEY, RelayPool, pdf_worker
-from daemon.auth import tenant
-from daemon.errors import request_info
-from daemon.sse import GONE_POLL, SSEWriter, client_gone, with_heartbeat
-from protocols import stops
-from protocols.attachments import AttachmentLimits
-from protocols.errors import ApiError, RelayError
-from protocols.model import TurnEvent, TurnRequest, TurnResult
+from claude_relay.daemon import CONFIG_KEY, RelayPool, pdf_worker
+from claude_relay.daemon.auth import tenant
+from claude_relay.daemon.errors import request_info
+from claude_relay.daemon.sse import GONE_POLL, SSEWriter, client_gone, with_heartbeat
+from claude_relay.protocols import stops
+from claude_relay.protocols.attachments import AttachmentLimits
+from claude_relay.protocols.errors import ApiError, RelayError
+from claude_relay.protocols.model import TurnEvent, TurnRequest, TurnResult
 
 log = logging.getLogger(__name__)
 

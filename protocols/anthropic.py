@@ -64,10 +64,10 @@ from typing import Any, Final, NoReturn
 
 import orjson
 
-from protocols import attachments
-from protocols import tools as tool_rules
-from protocols.errors import EXCERPT_CHARS, InvalidRequestError, RelayError, excerpt
-from protocols.model import (
+from claude_relay.protocols import attachments
+from claude_relay.protocols import tools as tool_rules
+from claude_relay.protocols.errors import EXCERPT_CHARS, InvalidRequestError, RelayError, excerpt
+from claude_relay.protocols.model import (
     ContentBlock,
     DocumentBlock,
     ImageBlock,

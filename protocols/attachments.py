@@ -26,9 +26,9 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any, Final, NoReturn
 
-from protocols.errors import InvalidRequestError, RequestTooLargeError, excerpt
-from protocols.model import DocumentBlock, ImageBlock
-from protocols.pdf import PdfLimits, PendingPdf, read_text
+from claude_relay.protocols.errors import InvalidRequestError, RequestTooLargeError, excerpt
+from claude_relay.protocols.model import DocumentBlock, ImageBlock
+from claude_relay.protocols.pdf import PdfLimits, PendingPdf, read_text
 
 __all__ = [
     "IMAGE_MEDIA_TYPES",

@@ -48,10 +48,10 @@ from typing import Any, Final
 
 import orjson
 
-from protocols import openai_params as p
-from protocols.attachments import AttachmentLimits
-from protocols.errors import RelayError
-from protocols.model import (
+from claude_relay.protocols import openai_params as p
+from claude_relay.protocols.attachments import AttachmentLimits
+from claude_relay.protocols.errors import RelayError
+from claude_relay.protocols.model import (
     StopReason,
     TextDelta,
     ToolUseBlock,
@@ -60,13 +60,13 @@ from protocols.model import (
     Usage,
     session_id,
 )
-from protocols.openai_messages import (
+from claude_relay.protocols.openai_messages import (
     TOOL_NAME,
     decode_messages,
     decode_tool_choice,
     decode_tools,
 )
-from protocols.response_format import JsonFormat, schema_error, with_instruction
+from claude_relay.protocols.response_format import JsonFormat, schema_error, with_instruction
 
 __all__ = [
     "DEFAULT_MAX_TOKENS",

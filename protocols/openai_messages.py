@@ -23,15 +23,15 @@ from typing import Any, Final
 
 import orjson
 
-from protocols import openai_params as p
-from protocols.attachments import (
+from claude_relay.protocols import openai_params as p
+from claude_relay.protocols.attachments import (
     AttachmentLimits,
     Budget,
     document_from_data_url,
     image_from_data_url,
 )
-from protocols.errors import InvalidRequestError, excerpt
-from protocols.model import (
+from claude_relay.protocols.errors import InvalidRequestError, excerpt
+from claude_relay.protocols.model import (
     ContentBlock,
     ImageBlock,
     Message,

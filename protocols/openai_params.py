@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Final, NoReturn
 
-from protocols.errors import EXCERPT_CHARS, InvalidRequestError, excerpt
+from claude_relay.protocols.errors import EXCERPT_CHARS, InvalidRequestError, excerpt
 
 MISSING: Final = object()
 

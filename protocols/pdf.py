@@ -20,8 +20,14 @@ from typing import NoReturn
 import pypdf
 import pypdf.errors
 
-from protocols.errors import InvalidRequestError
-from protocols.model import ContentBlock, DocumentBlock, Message, ToolResultBlock, TurnRequest
+from claude_relay.protocols.errors import InvalidRequestError
+from claude_relay.protocols.model import (
+    ContentBlock,
+    DocumentBlock,
+    Message,
+    ToolResultBlock,
+    TurnRequest,
+)
 
 __all__ = ["PdfLimits", "PendingPdf", "pending_pdfs", "read_text", "with_pdf_texts"]
 

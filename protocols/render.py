@@ -41,7 +41,7 @@ import html
 import json
 from typing import Final
 
-from protocols.model import (
+from claude_relay.protocols.model import (
     ContentBlock,
     DocumentBlock,
     ImageBlock,

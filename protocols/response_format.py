@@ -33,8 +33,8 @@ from jsonschema.exceptions import SchemaError, ValidationError, best_match
 from referencing import Registry
 from referencing.exceptions import Unresolvable
 
-from protocols.errors import ApiError, excerpt
-from protocols.model import TextBlock, TurnResult
+from claude_relay.protocols.errors import ApiError, excerpt
+from claude_relay.protocols.model import TextBlock, TurnResult
 
 __all__ = [
     "MAX_CHECKED_CHARS",

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
-from protocols.model import TextBlock, TextDelta, TurnEvent, TurnResult
+from claude_relay.protocols.model import TextBlock, TextDelta, TurnEvent, TurnResult
 
 
 class StopScanner:

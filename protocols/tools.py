@@ -14,9 +14,15 @@ from __future__ import annotations
 import re
 from typing import Any, Final
 
-from protocols.errors import InvalidRequestError, excerpt
-from protocols.model import Message, ToolChoice, ToolResultBlock, ToolSpec, ToolUseBlock
-from protocols.response_format import invalid_schema
+from claude_relay.protocols.errors import InvalidRequestError, excerpt
+from claude_relay.protocols.model import (
+    Message,
+    ToolChoice,
+    ToolResultBlock,
+    ToolSpec,
+    ToolUseBlock,
+)
+from claude_relay.protocols.response_format import invalid_schema
 
 # claude serves the caller's tools as MCP tools named `mcp__api__<name>`; the API's limit of 64
 # characters applies to that full name.

@@ -18,7 +18,13 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from protocols.model import DocumentBlock, ImageBlock, TextBlock, ToolResultBlock, ToolSpec
+from claude_relay.protocols.model import (
+    DocumentBlock,
+    ImageBlock,
+    TextBlock,
+    ToolResultBlock,
+    ToolSpec,
+)
 
 log = logging.getLogger(__name__)
 

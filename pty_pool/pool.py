@@ -22,8 +22,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from protocols import errors
-from protocols.model import (
+from claude_relay.protocols import errors
+from claude_relay.protocols.model import (
     ImageBlock,
     Message,
     SpawnSpec,
@@ -33,8 +33,8 @@ from protocols.model import (
     TurnEvent,
     TurnRequest,
 )
-from protocols.render import render_parts
-from protocols.tools import trailing_results
+from claude_relay.protocols.render import render_parts
+from claude_relay.protocols.tools import trailing_results
 
 from . import attachments, isolation, tui, versions
 from .broker import Broker

@@ -19,8 +19,8 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Literal
 
-from protocols import errors
-from protocols.model import (
+from claude_relay.protocols import errors
+from claude_relay.protocols.model import (
     SpawnSpec,
     TextBlock,
     TextDelta,

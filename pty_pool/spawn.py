@@ -15,8 +15,8 @@ import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
-from protocols import errors
-from protocols.model import SpawnSpec, SystemMode
+from claude_relay.protocols import errors
+from claude_relay.protocols.model import SpawnSpec, SystemMode
 
 from . import isolation, versions
 from .broker import SERVER_NAME

@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from protocols.model import (
+from claude_relay.protocols.model import (
     ContentBlock,
     DocumentBlock,
     ImageBlock,

@@ -15,8 +15,15 @@ from typing import Any
 
 import orjson
 
-from protocols import errors
-from protocols.model import ContentBlock, StopReason, TextBlock, ToolUseBlock, TurnResult, Usage
+from claude_relay.protocols import errors
+from claude_relay.protocols.model import (
+    ContentBlock,
+    StopReason,
+    TextBlock,
+    ToolUseBlock,
+    TurnResult,
+    Usage,
+)
 
 from .broker import caller_name
 from .files import write_private

@@ -19,10 +19,17 @@ from anthropic.types import Message as SDKMessage
 from anthropic.types import RawMessageStreamEvent
 from pytest_aiohttp import AiohttpClient
 
-from daemon.app import make_app
-from daemon.config import Config
-from protocols.errors import OverloadedError, RelayError
-from protocols.model import TextBlock, TextDelta, TurnEvent, TurnRequest, TurnResult, Usage
+from claude_relay.daemon.app import make_app
+from claude_relay.daemon.config import Config
+from claude_relay.protocols.errors import OverloadedError, RelayError
+from claude_relay.protocols.model import (
+    TextBlock,
+    TextDelta,
+    TurnEvent,
+    TurnRequest,
+    TurnResult,
+    Usage,
+)
 
 # --- the fake pool -----------------------------------------------------------------------------
 
@@ -539,10 +546,10 @@ async def test_a_stalled_stream_reader_is_dropped_after_the_write_timeout(
     """A client that stops reading makes the stream's write wait on a full socket; past
     `write_timeout` the writer reports the client gone (so the handler leaves the turn, which
     the pool interrupts) and aborts the connection."""
-    from daemon import CONFIG_KEY
-    from daemon.errors import make_error_middleware
-    from daemon.sse import SSEWriter
-    from protocols import anthropic as anthropic_protocol
+    from claude_relay.daemon import CONFIG_KEY
+    from claude_relay.daemon.errors import make_error_middleware
+    from claude_relay.daemon.sse import SSEWriter
+    from claude_relay.protocols import anthropic as anthropic_protocol
 
     outcome: dict[str, object] = {}
 

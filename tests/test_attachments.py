@@ -8,9 +8,9 @@ import struct
 
 import pytest
 
-from protocols import attachments as att
-from protocols.errors import InvalidRequestError, RequestTooLargeError
-from protocols.model import DocumentBlock, ImageBlock
+from claude_relay.protocols import attachments as att
+from claude_relay.protocols.errors import InvalidRequestError, RequestTooLargeError
+from claude_relay.protocols.model import DocumentBlock, ImageBlock
 from tests.support import media
 
 PNG = media.png()

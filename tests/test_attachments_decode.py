@@ -8,10 +8,10 @@ from typing import Any
 import orjson
 import pytest
 
-from protocols import anthropic, openai
-from protocols.attachments import AttachmentLimits
-from protocols.errors import InvalidRequestError, RequestTooLargeError
-from protocols.model import DocumentBlock, ImageBlock, TextBlock, ToolResultBlock
+from claude_relay.protocols import anthropic, openai
+from claude_relay.protocols.attachments import AttachmentLimits
+from claude_relay.protocols.errors import InvalidRequestError, RequestTooLargeError
+from claude_relay.protocols.model import DocumentBlock, ImageBlock, TextBlock, ToolResultBlock
 from tests.support import media
 
 PNG = media.png()

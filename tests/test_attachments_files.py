@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from blockbuster import blockbuster_ctx
 
-from daemon.fake_upstream import turn_images
-from pty_pool import attachments as files
+from claude_relay.daemon.fake_upstream import turn_images
+from claude_relay.pty_pool import attachments as files
 from tests.support import media
 
 ZWSP = "\u200b"

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from pty_pool import ax, versions
-from pty_pool.screen import Row, ScreenReader, Snapshot
+from claude_relay.pty_pool import ax, versions
+from claude_relay.pty_pool.screen import Row, ScreenReader, Snapshot
 
 GOLDEN = Path(__file__).parent / "golden" / "ax"
 VERSIONS = pytest.mark.parametrize("version", versions.TESTED)

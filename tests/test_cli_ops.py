@@ -23,10 +23,10 @@ from typing import Any
 import pytest
 from pytest_aiohttp import AiohttpServer
 
-from daemon import cli
-from daemon.app import make_app
-from daemon.config import Config
-from daemon.ctl import print_sessions
+from claude_relay.daemon import cli
+from claude_relay.daemon.app import make_app
+from claude_relay.daemon.config import Config
+from claude_relay.daemon.ctl import print_sessions
 from tests.support.relay_proc import free_port
 from tests.test_app import FakePool
 from tests.test_ops_license import API_KEY, LOGGED_OUT, FakeClaude

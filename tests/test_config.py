@@ -7,16 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from daemon import cli
-from daemon.config import (
+from claude_relay.daemon import cli
+from claude_relay.daemon.config import (
     Config,
     ConfigError,
     default_workspace,
     load_config,
     resolve_config_file,
 )
-from protocols.attachments import AttachmentLimits
-from pty_pool.settings import PoolSettings
+from claude_relay.protocols.attachments import AttachmentLimits
+from claude_relay.pty_pool.settings import PoolSettings
 
 
 def _write(tmp_path: Path, text: str) -> Path:

@@ -23,13 +23,13 @@ import pytest
 from blockbuster import blockbuster_ctx
 from pytest_aiohttp import AiohttpClient
 
-from daemon import pdf_worker
-from daemon.app import make_app
-from daemon.config import Config
-from protocols import anthropic, openai
-from protocols.attachments import AttachmentLimits, PdfLimits, PendingPdf
-from protocols.errors import InvalidRequestError, OverloadedError, RelayError
-from protocols.model import (
+from claude_relay.daemon import pdf_worker
+from claude_relay.daemon.app import make_app
+from claude_relay.daemon.config import Config
+from claude_relay.protocols import anthropic, openai
+from claude_relay.protocols.attachments import AttachmentLimits, PdfLimits, PendingPdf
+from claude_relay.protocols.errors import InvalidRequestError, OverloadedError, RelayError
+from claude_relay.protocols.model import (
     DocumentBlock,
     Message,
     TextBlock,
@@ -37,7 +37,12 @@ from protocols.model import (
     ToolUseBlock,
     TurnRequest,
 )
-from protocols.response_format import JsonFormat, check_reply, schema_error, schema_problem
+from claude_relay.protocols.response_format import (
+    JsonFormat,
+    check_reply,
+    schema_error,
+    schema_problem,
+)
 from tests.helpers.proc import state, until
 from tests.support import media
 from tests.test_app import Client, FakePool, MakeClient, result

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from blockbuster import BlockingError, blockbuster_ctx
 
-from pty_pool.driver import PtyDriver, SpawnRefused
+from claude_relay.pty_pool.driver import PtyDriver, SpawnRefused
 from tests.helpers.proc import children, helper, reaped, running, state, until
 
 pytestmark = pytest.mark.timeout(20)
@@ -367,7 +367,7 @@ async def test_a_child_that_cannot_exec_never_outlives_the_fork(
     child, which ptyprocess does not catch: a copy of the daemon that never exited, and a spawner
     thread blocked on its error pipe for good (every later spawn hung). The child now execs in
     its own preexec step, where any failure is reported and ends the fork."""
-    monkeypatch.setattr("pty_pool.driver.check_exec_args", lambda argv, env: None)
+    monkeypatch.setattr("claude_relay.pty_pool.driver.check_exec_args", lambda argv, env: None)
     before = set(children())
     child = Child(["/bin/true", "x\0y"], tmp_path)
     with pytest.raises(OSError, match="ValueError") as failed:

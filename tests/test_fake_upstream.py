@@ -22,7 +22,7 @@ import pytest
 from anthropic import AsyncAnthropic
 from anthropic.types import MessageParam
 
-from daemon.fake_upstream import (
+from claude_relay.daemon.fake_upstream import (
     DEFAULT_TITLE_TEXT,
     FakeUpstream,
     Reply,
@@ -532,7 +532,7 @@ async def test_cli_serves_in_the_foreground() -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "daemon.fake_upstream",
+        "claude_relay.daemon.fake_upstream",
         "--port",
         "0",
         "--reply-text",

@@ -16,9 +16,9 @@ import pytest
 from aiohttp import ClientResponse
 from pytest_aiohttp import AiohttpClient
 
-from daemon.app import make_app
-from daemon.config import Config, load_config
-from daemon.guard import host_name
+from claude_relay.daemon.app import make_app
+from claude_relay.daemon.config import Config, load_config
+from claude_relay.daemon.guard import host_name
 from tests.test_app import Client, FakePool, assert_envelope, body, result
 
 REBOUND = "rebind.evil.example:7421"

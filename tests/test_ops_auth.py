@@ -14,10 +14,10 @@ import openai
 import pytest
 from pytest_aiohttp import AiohttpClient
 
-from daemon import cli
-from daemon.app import make_app
-from daemon.auth import exposure_error, is_loopback, key_matches
-from daemon.config import Config
+from claude_relay.daemon import cli
+from claude_relay.daemon.app import make_app
+from claude_relay.daemon.auth import exposure_error, is_loopback, key_matches
+from claude_relay.daemon.config import Config
 from tests.test_app import Client, FakePool, assert_envelope, body, result
 
 KEYS = "key-one, key-two"

@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 from pytest_aiohttp import AiohttpClient
 
-from daemon import claude_probe
-from daemon.app import make_app
-from daemon.claude_probe import ProbeError, auth_status, parse_auth_status
-from daemon.config import Config
-from daemon.license import (
+from claude_relay.daemon import claude_probe
+from claude_relay.daemon.app import make_app
+from claude_relay.daemon.claude_probe import ProbeError, auth_status, parse_auth_status
+from claude_relay.daemon.config import Config
+from claude_relay.daemon.license import (
     LICENSE_KEY,
     FixedLicense,
     LicensedPool,
@@ -29,8 +29,8 @@ from daemon.license import (
     LicenseSource,
     LicenseState,
 )
-from protocols.errors import ServiceUnavailableError
-from protocols.model import Message, TextBlock, TurnRequest
+from claude_relay.protocols.errors import ServiceUnavailableError
+from claude_relay.protocols.model import Message, TextBlock, TurnRequest
 from tests.test_app import Client, FakePool, assert_envelope, body, result
 
 # Observed with claude 2.1.197 (see docs/operations.md).

@@ -17,11 +17,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from pytest_aiohttp import AiohttpClient
 
-from daemon.app import make_app
-from daemon.config import Config
-from daemon.metrics import CONTENT_TYPE, Metrics
-from protocols.errors import OverloadedError
-from protocols.model import TextDelta
+from claude_relay.daemon.app import make_app
+from claude_relay.daemon.config import Config
+from claude_relay.daemon.metrics import CONTENT_TYPE, Metrics
+from claude_relay.protocols.errors import OverloadedError
+from claude_relay.protocols.model import TextDelta
 from tests.test_app import Client, FakePool, body, result
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]

@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
-from protocols import errors
-from protocols.model import Message, TextBlock, TurnRequest
-from pty_pool.pool import Pool
-from pty_pool.settings import PoolSettings
+from claude_relay.protocols import errors
+from claude_relay.protocols.model import Message, TextBlock, TurnRequest
+from claude_relay.pty_pool.pool import Pool
+from claude_relay.pty_pool.settings import PoolSettings
 from tests.helpers.proc import (
     helper,
     kill_and_reap,
@@ -152,7 +152,7 @@ async def test_a_spawn_that_never_returns_makes_health_say_so(
     health must not keep saying ok (before, it did while every request hung)."""
     import time
 
-    from pty_pool import driver
+    from claude_relay.pty_pool import driver
 
     pool = fake.pool()
     await pool.start()

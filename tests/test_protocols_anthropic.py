@@ -14,7 +14,7 @@ from anthropic.types import Message as SDKMessage
 from anthropic.types import RawMessageStreamEvent
 from pydantic import TypeAdapter
 
-from protocols.anthropic import (
+from claude_relay.protocols.anthropic import (
     PING_FRAME,
     StreamEncoder,
     decode_request,
@@ -23,8 +23,15 @@ from protocols.anthropic import (
     new_message_id,
     sse_frame,
 )
-from protocols.errors import InvalidRequestError, OverloadedError, RelayError
-from protocols.model import Message, TextBlock, TextDelta, TurnRequest, TurnResult, Usage
+from claude_relay.protocols.errors import InvalidRequestError, OverloadedError, RelayError
+from claude_relay.protocols.model import (
+    Message,
+    TextBlock,
+    TextDelta,
+    TurnRequest,
+    TurnResult,
+    Usage,
+)
 
 # Not a real id: the SDK warns (an error under pytest) on deprecated real ones.
 MODEL = "claude-test-model"

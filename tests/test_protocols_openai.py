@@ -10,8 +10,8 @@ import orjson
 import pytest
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-from protocols.attachments import AttachmentLimits
-from protocols.errors import (
+from claude_relay.protocols.attachments import AttachmentLimits
+from claude_relay.protocols.errors import (
     ApiError,
     InvalidRequestError,
     OverloadedError,
@@ -19,7 +19,7 @@ from protocols.errors import (
     RelayError,
     RequestTooLargeError,
 )
-from protocols.model import (
+from claude_relay.protocols.model import (
     ImageBlock,
     Message,
     TextBlock,
@@ -31,7 +31,7 @@ from protocols.model import (
     TurnResult,
     Usage,
 )
-from protocols.openai import (
+from claude_relay.protocols.openai import (
     DONE_FRAME,
     PING_FRAME,
     ChatRequest,
@@ -41,7 +41,12 @@ from protocols.openai import (
     error_body,
     new_completion_id,
 )
-from protocols.response_format import JsonFormat, check_reply, schema_problem, with_instruction
+from claude_relay.protocols.response_format import (
+    JsonFormat,
+    check_reply,
+    schema_problem,
+    with_instruction,
+)
 from tests.support import media
 
 MODEL = "gpt-4o"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from protocols.model import (
+from claude_relay.protocols.model import (
     DocumentBlock,
     ImageBlock,
     Message,
@@ -13,7 +13,12 @@ from protocols.model import (
     ToolResultBlock,
     ToolUseBlock,
 )
-from protocols.render import HISTORY_PREAMBLE, PREFILL_INSTRUCTION, render_parts, render_prompt
+from claude_relay.protocols.render import (
+    HISTORY_PREAMBLE,
+    PREFILL_INSTRUCTION,
+    render_parts,
+    render_prompt,
+)
 
 
 def msg(role: Role, *texts: str) -> Message:

@@ -15,10 +15,10 @@ from anthropic.types import ModelInfo
 from openai.types import Model as OpenAIModel
 from pytest_aiohttp import AiohttpClient
 
-from daemon.app import make_app
-from daemon.config import Config
-from daemon.routes_models import estimate_tokens
-from protocols.model import (
+from claude_relay.daemon.app import make_app
+from claude_relay.daemon.config import Config
+from claude_relay.daemon.routes_models import estimate_tokens
+from claude_relay.protocols.model import (
     ImageBlock,
     Message,
     TextBlock,

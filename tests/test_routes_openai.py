@@ -15,10 +15,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
 
-from daemon.app import make_app
-from daemon.config import Config
-from protocols.errors import OverloadedError, RateLimitError
-from protocols.model import (
+from claude_relay.daemon.app import make_app
+from claude_relay.daemon.config import Config
+from claude_relay.protocols.errors import OverloadedError, RateLimitError
+from claude_relay.protocols.model import (
     ImageBlock,
     Message,
     TextBlock,

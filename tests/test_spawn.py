@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from protocols import errors
-from protocols.model import ImageBlock, Message, TextBlock, TurnRequest
-from pty_pool.broker import SERVER_NAME
-from pty_pool.pool import check_request
-from pty_pool.settings import PoolSettings
-from pty_pool.spawn import (
+from claude_relay.protocols import errors
+from claude_relay.protocols.model import ImageBlock, Message, TextBlock, TurnRequest
+from claude_relay.pty_pool.broker import SERVER_NAME
+from claude_relay.pty_pool.pool import check_request
+from claude_relay.pty_pool.settings import PoolSettings
+from claude_relay.pty_pool.spawn import (
     MCP_CONFIG_FILE,
     SYSTEM_PROMPT_FILE,
     build_argv,

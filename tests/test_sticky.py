@@ -5,8 +5,8 @@ from __future__ import annotations
 import stat
 from pathlib import Path
 
-from protocols.model import DocumentBlock, ImageBlock, Message, SpawnSpec, TextBlock
-from pty_pool.sticky import Sticky, StickyStore, digest, message_digest, spec_digest
+from claude_relay.protocols.model import DocumentBlock, ImageBlock, Message, SpawnSpec, TextBlock
+from claude_relay.pty_pool.sticky import Sticky, StickyStore, digest, message_digest, spec_digest
 
 
 def msg(role: str, text: str) -> Message:

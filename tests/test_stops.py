@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from protocols.model import TextBlock, TextDelta, TurnEvent, TurnResult, Usage
-from protocols.stops import StopScanner, apply, cut
+from claude_relay.protocols.model import TextBlock, TextDelta, TurnEvent, TurnResult, Usage
+from claude_relay.protocols.stops import StopScanner, apply, cut
 
 
 def test_scanner_catches_a_sequence_split_across_deltas() -> None:

@@ -12,9 +12,9 @@ import orjson
 import pytest_asyncio
 from aiohttp import ClientSession
 
-from daemon import mcp
-from protocols import anthropic
-from protocols.model import (
+from claude_relay.daemon import mcp
+from claude_relay.protocols import anthropic
+from claude_relay.protocols.model import (
     Message,
     TextBlock,
     ToolResultBlock,
@@ -23,9 +23,9 @@ from protocols.model import (
     TurnResult,
     Usage,
 )
-from protocols.render import render_prompt
-from pty_pool.broker import LIST_CHANGED, Broker, caller_name, mcp_result
-from pty_pool.transcript import TurnLog
+from claude_relay.protocols.render import render_prompt
+from claude_relay.pty_pool.broker import LIST_CHANGED, Broker, caller_name, mcp_result
+from claude_relay.pty_pool.transcript import TurnLog
 
 WEATHER = ToolSpec("get_weather", "Weather.", {"type": "object", "properties": {}})
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import orjson
 
-from pty_pool.transcript import TurnLog, parent_first, repair_order
+from claude_relay.pty_pool.transcript import TurnLog, parent_first, repair_order
 
 GOLDEN = Path(__file__).parent / "golden" / "transcripts" / "user-after-reply.jsonl"
 

@@ -20,10 +20,10 @@ import orjson
 import pytest
 from aiohttp import web
 
-from daemon.app import make_app
-from daemon.config import Config
-from daemon.transport import RelayRunner, RelayServer, TransportLimits
-from protocols.model import TextDelta
+from claude_relay.daemon.app import make_app
+from claude_relay.daemon.config import Config
+from claude_relay.daemon.transport import RelayRunner, RelayServer, TransportLimits
+from claude_relay.protocols.model import TextDelta
 from tests.helpers.proc import until
 from tests.support.raw_http import closed_by_server, trickle_until_closed
 from tests.test_app import FakePool, body, next_event, result

@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from pty_pool import attachments, tui
-from pty_pool.screen import Row, ScreenReader
+from claude_relay.pty_pool import attachments, tui
+from claude_relay.pty_pool.screen import Row, ScreenReader
 
 
 @pytest.mark.parametrize(
@@ -111,7 +111,7 @@ def test_screen_keeps_zwj_sequences_and_scrollback() -> None:
 
 
 def test_row_markdown_restores_markers() -> None:
-    from pty_pool.screen import Span
+    from claude_relay.pty_pool.screen import Span
 
     def span(
         a: int,

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from pty_pool import attachments, tui, versions
-from pty_pool.screen import ScreenReader, Snapshot
+from claude_relay.pty_pool import attachments, tui, versions
+from claude_relay.pty_pool.screen import ScreenReader, Snapshot
 
 GOLDEN = Path(__file__).parent / "golden"
 VERSIONS = pytest.mark.parametrize("version", versions.TESTED)

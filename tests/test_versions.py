@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from pty_pool import isolation, versions
-from pty_pool.settings import PoolSettings
+from claude_relay.pty_pool import isolation, versions
+from claude_relay.pty_pool.settings import PoolSettings
 
 ROOT = Path(__file__).parents[1]
 

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 
-from daemon.fake_upstream import FakeUpstream
+from claude_relay.daemon.fake_upstream import FakeUpstream
 from tests.support.claude_env import claude_bin
 from tests.support.relay_proc import Relay, alive, children_of, start_relay
 

@@ -20,7 +20,7 @@ import openai
 import pytest
 import pytest_asyncio
 
-from daemon.fake_upstream import Body, FakeUpstream, Reply, ToolUse
+from claude_relay.daemon.fake_upstream import Body, FakeUpstream, Reply, ToolUse
 from tests.support import media
 from tests.support.claude_env import make_home
 from tests.support.relay_proc import Relay, start_relay

@@ -20,7 +20,7 @@ import openai
 import orjson
 import pytest
 
-from daemon.fake_upstream import FakeUpstream, Reply
+from claude_relay.daemon.fake_upstream import FakeUpstream, Reply
 from tests.support import media
 from tests.support.relay_proc import Relay, children_of, start_relay
 from tests.test_content_bombs import BOMB, EVIL_PATTERN

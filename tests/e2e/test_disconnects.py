@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from daemon.fake_upstream import FakeUpstream, Reply
+from claude_relay.daemon.fake_upstream import FakeUpstream, Reply
 from tests.support.relay_proc import Relay
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")

@@ -17,7 +17,7 @@ import openai
 import orjson
 import pytest
 
-from daemon.fake_upstream import FakeUpstream, Reply
+from claude_relay.daemon.fake_upstream import FakeUpstream, Reply
 from tests.support.raw_http import trickle_until_closed
 from tests.support.relay_proc import Relay, start_relay
 

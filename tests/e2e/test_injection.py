@@ -14,9 +14,9 @@ from pathlib import Path
 import anthropic
 import pytest
 
-from daemon.fake_upstream import FakeUpstream, Reply
-from daemon.selftest import SECRET
-from daemon.selftest import injection_corpus as corpus
+from claude_relay.daemon.fake_upstream import FakeUpstream, Reply
+from claude_relay.daemon.selftest import SECRET
+from claude_relay.daemon.selftest import injection_corpus as corpus
 from tests.support.relay_proc import Relay
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")

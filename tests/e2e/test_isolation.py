@@ -16,7 +16,7 @@ import anthropic
 import openai
 import pytest
 
-from daemon.fake_upstream import FakeUpstream, Reply
+from claude_relay.daemon.fake_upstream import FakeUpstream, Reply
 from tests.support.claude_env import leaks, make_home
 from tests.support.relay_proc import Relay, start_relay
 

@@ -15,7 +15,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMe
 from langchain_core.tools import tool
 from langchain_openai import ChatOpenAI
 
-from daemon.fake_upstream import FakeUpstream, Reply, ToolUse, Usage
+from claude_relay.daemon.fake_upstream import FakeUpstream, Reply, ToolUse, Usage
 from tests.support.relay_proc import Relay
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")

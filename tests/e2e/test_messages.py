@@ -15,7 +15,7 @@ import anthropic
 import pytest
 import pytest_asyncio
 
-from daemon.fake_upstream import FakeUpstream, Reply, Usage
+from claude_relay.daemon.fake_upstream import FakeUpstream, Reply, Usage
 from tests.support.relay_proc import Relay, alive, children_of, start_relay
 
 # every e2e test runs in the session loop, where the shared fake upstream and daemon fixtures live

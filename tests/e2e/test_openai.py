@@ -18,7 +18,7 @@ import openai
 import pytest
 import pytest_asyncio
 
-from daemon.fake_upstream import FakeUpstream, Reply, ToolUse, Usage
+from claude_relay.daemon.fake_upstream import FakeUpstream, Reply, ToolUse, Usage
 from tests.support import media
 from tests.support.relay_proc import Relay
 

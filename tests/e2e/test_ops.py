@@ -22,8 +22,8 @@ import anthropic
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from daemon.fake_upstream import FakeUpstream, Reply, Usage
-from pty_pool import versions
+from claude_relay.daemon.fake_upstream import FakeUpstream, Reply, Usage
+from claude_relay.pty_pool import versions
 from tests.support.claude_env import claude_bin
 from tests.support.relay_proc import RELAY_BIN, Relay, free_port, start_relay
 

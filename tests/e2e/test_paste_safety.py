@@ -7,7 +7,7 @@ from pathlib import Path
 import anthropic
 import pytest
 
-from daemon.fake_upstream import FakeUpstream, Reply
+from claude_relay.daemon.fake_upstream import FakeUpstream, Reply
 from tests.support import media
 from tests.support.relay_proc import Relay
 

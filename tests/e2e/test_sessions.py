@@ -16,7 +16,7 @@ import anthropic
 import pytest
 import pytest_asyncio
 
-from daemon.fake_upstream import FakeUpstream
+from claude_relay.daemon.fake_upstream import FakeUpstream
 from tests.support.claude_env import make_home
 from tests.support.relay_proc import Relay, start_relay
 

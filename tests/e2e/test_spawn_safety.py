@@ -19,7 +19,7 @@ import anthropic
 import openai
 import pytest
 
-from daemon.fake_upstream import FakeUpstream, Reply, ToolUse
+from claude_relay.daemon.fake_upstream import FakeUpstream, Reply, ToolUse
 from tests.support.relay_proc import Relay, children_of
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")

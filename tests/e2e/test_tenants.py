@@ -15,7 +15,7 @@ import anthropic
 import pytest
 import pytest_asyncio
 
-from daemon.fake_upstream import Body, FakeUpstream, Reply, ToolUse
+from claude_relay.daemon.fake_upstream import Body, FakeUpstream, Reply, ToolUse
 from tests.support.relay_proc import Relay, start_relay
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")

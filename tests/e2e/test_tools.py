@@ -18,7 +18,7 @@ import anthropic
 import pytest
 import pytest_asyncio
 
-from daemon.fake_upstream import Body, FakeUpstream, Reply, ToolUse, Usage
+from claude_relay.daemon.fake_upstream import Body, FakeUpstream, Reply, ToolUse, Usage
 from tests.support.relay_proc import Relay, children_of, start_relay
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")

@@ -24,13 +24,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from daemon.fake_upstream import FakeUpstream, Reply, ToolUse
-from daemon.mcp import serving
-from protocols.model import SpawnSpec, TextBlock, ToolResultBlock, ToolSpec
-from pty_pool import isolation
-from pty_pool.broker import Broker
-from pty_pool.session import Prompt, Session
-from pty_pool.settings import PoolSettings
+from claude_relay.daemon.fake_upstream import FakeUpstream, Reply, ToolUse
+from claude_relay.daemon.mcp import serving
+from claude_relay.protocols.model import SpawnSpec, TextBlock, ToolResultBlock, ToolSpec
+from claude_relay.pty_pool import isolation
+from claude_relay.pty_pool.broker import Broker
+from claude_relay.pty_pool.session import Prompt, Session
+from claude_relay.pty_pool.settings import PoolSettings
 from tests.support.claude_env import child_env, claude_bin, make_home
 from tests.support.media import png
 

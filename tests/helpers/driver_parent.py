@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from pty_pool.driver import PtyDriver
+from claude_relay.pty_pool.driver import PtyDriver
 
 SLEEPER = str(Path(__file__).resolve().parent / "sleeper.py")
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from daemon.scratch_home import (
+from claude_relay.daemon.scratch_home import (
     FAKE_API_KEY,
     HOME_MEMORY_MARKER,
     MARKERS,

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import aiohttp
 
-from daemon.fake_upstream import FakeUpstream
+from claude_relay.daemon.fake_upstream import FakeUpstream
 from tests.support.claude_env import child_env, claude_bin, make_home
 
 RELAY_BIN = str(Path(sys.executable).with_name("claude-relay"))
