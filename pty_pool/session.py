@@ -68,6 +68,7 @@ TRANSCRIPT_GRACE = 3.0  # idle screen but no turn_duration yet: give the file th
 # dialog on v2.1.197: a paste sent then vanished); ready means ready *and* quiet this long.
 READY_QUIET = 0.25
 RESUBMIT_AFTER = 1.5  # no echo, not busy, empty input this long after a paste: it was lost
+PROMPT_LOST_AFTER = 10.0  # after the resubmits, a screen still this long: claude did not take it
 TOOLS_LISTED_TIMEOUT = 5.0  # claude re-lists tools at once on list_changed (~10 ms measured)
 TOOLS_LIST_TRIES = 2
 # ...but applies the new list a moment later: a prompt sent right after the re-list still went out
@@ -388,8 +389,12 @@ class Session:
         turn_log = TurnLog()
         asm = tui.StreamAssembler(tui.text_width(settings.columns))
         started = keys is None  # resumed: claude is already at work
+        echoed = False
         progress = ""
-        progress_t = t0
+        # entering a long paste is not a stall: progress is counted from the end of the paste
+        progress_t = pasted
+        drawn: tuple[str, ...] = ()
+        drawn_t = pasted
         idle_since: float | None = None
         seq = -1
         last_read = 0.0
@@ -418,6 +423,13 @@ class Session:
                     resp = tui.NO_RESPONSE  # still the previous turn's rows
                 else:
                     echoes = -1  # echoed: no need to count again
+                    echoed = True
+            if not started:
+                # claude still drawing what was pasted (a long prompt under load) is not a
+                # lost prompt: the give-up clock below runs from the screen's last change
+                rows = tuple(r.text for r in snap.rows)
+                if rows != drawn:
+                    drawn, drawn_t = rows, now
             if st.dialog is not None:
                 self._driver.write(tui.ESC)
                 raise _dialog_error(st, self.cli_version)
@@ -459,7 +471,17 @@ class Session:
             else:
                 idle_since = None
             if keys is not None and not started and not st.busy:
-                if now - pasted > RESUBMIT_AFTER * (resubmitted + 1):
+                if now - pasted > RESUBMIT_AFTER * (resubmitted + 1) and not echoed:
+                    # A prompt claude took but has not shown at work yet (a loaded machine)
+                    # must not go in twice: the second copy is answered too, and its reply is
+                    # joined to this turn's or becomes the next turn's. The transcript may hold
+                    # it before the screen shows it.
+                    if self._tail.path is None:
+                        self._tail.path = self._transcript_path()
+                    turn_log.add(await asyncio.to_thread(self._tail.read))
+                    if turn_log.prompt_seen:
+                        started = True
+                        continue
                     if st.ready and resubmitted < 2:
                         log.warning(
                             "prompt was not accepted; pasting again", extra=self._log_extra()
@@ -471,7 +493,7 @@ class Session:
                         self._driver.write(tui.ENTER)  # pasted but Enter was swallowed
                         resubmitted += 1
                         continue
-                if now - pasted > 10.0:
+                if now - max(pasted, drawn_t) > PROMPT_LOST_AFTER:
                     log.warning(
                         "claude did not accept the prompt; screen:\n%s",
                         _screen_text(snap),

@@ -9,6 +9,7 @@ entry when a turn ends. Parsing is pure; `TranscriptTail` only remembers a file 
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -123,7 +124,16 @@ class TranscriptTail:
     offset: int = 0
     _partial: bytes = b""
 
+    # A turn cancelled while its `to_thread(read)` runs leaves that thread running; the next
+    # turn's read must not start from the same offset, or it returns the same lines again (a
+    # reply's text counted twice).
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
     def read(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return self._read()
+
+    def _read(self) -> list[dict[str, Any]]:
         if self.path is None:
             return []
         try:
