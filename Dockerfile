@@ -23,7 +23,10 @@ RUN npm install -g --no-audit --no-fund \
     && npm cache clean --force
 
 WORKDIR /opt/claude-relay
-COPY pyproject.toml README.md ./
+# What the wheel is built from: claude_relay/ holds symlinks to the code folders and to packaging/
+# (COPY keeps them as links). tests/e2e/test_wheel.py builds and installs from exactly this list.
+COPY pyproject.toml README.md LICENSE ./
+COPY claude_relay ./claude_relay
 COPY daemon ./daemon
 COPY pty_pool ./pty_pool
 COPY protocols ./protocols

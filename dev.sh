@@ -3,18 +3,43 @@
 #   ./dev.sh serve [claude-relay serve flags…]   set up .venv and run the daemon in the foreground
 #   ./dev.sh test  [pytest args…]               set up .venv + both tested claude CLIs, lint, type-check,
 #                                               test (all tests on the pin, then the e2e tier on the oldest)
+#   ./dev.sh login                              log in the claude that `serve` uses (`claude auth login`)
 #   ./dev.sh claude [VERSION]                   install a claude CLI (default: the pin), print its path
 #   ./dev.sh record [NAME…]                     re-record the golden PTY streams on every tested version
-# Everything it installs lives in .venv/ and .cache/ (both git-ignored).
+# Everything it installs lives in .venv/ and .cache/ (both git-ignored). PYTHON=… picks the
+# interpreter that creates .venv (default: python3).
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-python3}
 CLAUDE_VERSION=$(cat packaging/claude-cli-version)   # the pin: newest tested release
 CLAUDE_OLDEST=$(cat packaging/claude-cli-oldest)     # oldest supported release
 
+check_python() {  # a fresh machine: say what is missing instead of failing halfway
+    command -v "$PY" >/dev/null || {
+        echo "dev.sh: $PY not found; install Python >= 3.11 or set PYTHON=/path/to/python3.11" >&2
+        exit 1
+    }
+    "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || {
+        echo "dev.sh: $PY is Python $("$PY" -c 'import platform; print(platform.python_version())')," \
+            "claude-relay needs >= 3.11; set PYTHON=/path/to/python3.11 (or newer)" >&2
+        exit 1
+    }
+    # Debian and Ubuntu split venv (and the ensurepip it needs) off into a package.
+    "$PY" -c 'import ensurepip, venv' 2>/dev/null || {
+        echo "dev.sh: $PY cannot create a venv; on Debian/Ubuntu: sudo apt install python3-venv" \
+            "(or python3.X-venv for your version)" >&2
+        exit 1
+    }
+}
+
 venv() {  # $1: "" or "[dev]"
     if [ ! -x .venv/bin/python ]; then
-        "$PY" -m venv .venv
+        check_python
+        "$PY" -m venv .venv || {
+            rm -rf .venv
+            echo "dev.sh: '$PY -m venv' failed; on Debian/Ubuntu: sudo apt install python3-venv" >&2
+            exit 1
+        }
         .venv/bin/python -m pip install -q --upgrade pip
     fi
     local stamp=.venv/.installed$1
@@ -45,16 +70,31 @@ claude_bin() {  # $1: version (default: the pin); from npm, installed once into 
     echo "$PWD/$bin"
 }
 
+serve_claude() {  # as `serve` picks it: $CLAUDE_RELAY_CLAUDE_BIN, else `claude` on PATH, else the pin
+    if [ -n "${CLAUDE_RELAY_CLAUDE_BIN:-}" ]; then
+        echo "$CLAUDE_RELAY_CLAUDE_BIN"
+    elif command -v claude >/dev/null; then
+        command -v claude
+    else
+        claude_bin
+    fi
+}
+
 cmd=${1:-}
 shift || true
 case "$cmd" in
     serve)
         venv ""
         if ! command -v claude >/dev/null && [ -z "${CLAUDE_RELAY_CLAUDE_BIN:-}" ]; then
-            # No claude on PATH: use the pinned CLI (log in once with `$(./dev.sh claude) /login`).
-            export CLAUDE_RELAY_CLAUDE_BIN=$(claude_bin)
+            # No claude on PATH: the pinned CLI (log it in once with `./dev.sh login`).
+            CLAUDE_RELAY_CLAUDE_BIN=$(claude_bin)
+            export CLAUDE_RELAY_CLAUDE_BIN
         fi
         exec .venv/bin/claude-relay serve "$@"
+        ;;
+    login)
+        # Logins live in ~/.claude, shared by every claude of this user, the daemon's included.
+        exec "$(serve_claude)" auth login "$@"
         ;;
     test)
         venv "[dev]"
@@ -82,7 +122,7 @@ case "$cmd" in
         done
         ;;
     *)
-        sed -n '2,9p' "$0" >&2
+        sed -n '2,10p' "$0" >&2
         exit 2
         ;;
 esac

@@ -1,29 +1,33 @@
-"""Prometheus metrics: what the daemon counts, and the text exposition format (0.0.4) it serves.
+"""Prometheus metrics: what the daemon counts, served by `prometheus_client` at GET /metrics.
 
 Counted where it happens without touching the routes or the pool: `MeteredPool` wraps the pool
 and watches each turn's events (admission, first text, result with usage, errors), and
 `metrics_middleware` sees every request's final status. Pool gauges are read from `pool.stats()`
-at scrape time. Hand-written rather than a client library: a few counters and two histograms do
-not justify a runtime dependency; tests check the output with `prometheus_client`'s parser.
+at scrape time. Each app has a registry of its own (tests build several apps in one process),
+with the process collector: the daemon's RSS and open fds are what a PTY pool runs out of.
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
 from types import TracebackType
 from typing import Final
 
+import prometheus_client
 from aiohttp import web
 from aiohttp.typedefs import Handler
+from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from claude_relay.daemon import RelayPool, TurnHandle
 from claude_relay.daemon.pool_proxy import PoolProxy
 from claude_relay.protocols.errors import RelayError
 from claude_relay.protocols.model import TextDelta, TurnEvent, TurnRequest, TurnResult
 
+# The text format 0.0.4, which is what `generate_latest` writes (and every Prometheus reads).
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 _PREFIX: Final = "claude_relay_"
 # Turns span queueing, a cold start (~2 s) and long generations (turn_timeout is 600 s).
@@ -31,131 +35,138 @@ TURN_BUCKETS: Final = (0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 
 FIRST_DELTA_BUCKETS: Final = (0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0)
 TOKEN_TYPES: Final = ("input", "output", "cache_read_input", "cache_creation_input")
 OUTCOMES: Final = ("ok", "error", "abandoned")
+POOL_STATES: Final = ("warm", "busy", "starting", "sticky")
 # The method label's values: a client chooses the method, and each new label value is a new
 # series kept for the daemon's lifetime, so anything else is counted as "other".
 METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _labels(names: Sequence[str], values: Sequence[str]) -> str:
-    if not names:
-        return ""
-    return "{" + ",".join(f'{n}="{_escape(v)}"' for n, v in zip(names, values, strict=True)) + "}"
+# A `_created` series per counter and histogram child is an OpenMetrics notion that the text
+# format Prometheus scrapes here ignores: only more series. Process-wide in prometheus_client,
+# and this process is the daemon.
+prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
 
 
-def _num(value: float) -> str:
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    if float(value).is_integer() and abs(value) < 1e15:
-        return str(int(value))
-    return repr(float(value))
+class _Scrape(Collector):
+    """What is read, not counted: the pool's gauges and counters, claude's state, versions.
 
+    `Metrics.render` stores the values of the scrape being answered; the registry collects them
+    in the same call, on the event loop, so no other scrape interleaves.
+    """
 
-def _header(name: str, kind: str, help_text: str) -> list[str]:
-    return [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
+    def __init__(self, started: float) -> None:
+        self.started = started
+        self.stats: Mapping[str, int] = {}
+        self.claude_available = False
+        self.logged_in: bool | None = None
+        self.version = ""
+        self.claude_version: str | None = None
 
-
-class Counter:
-    def __init__(self, name: str, help_text: str, labels: Sequence[str] = ()) -> None:
-        self.name = _PREFIX + name
-        self.help = help_text
-        self.labels = tuple(labels)
-        self.values: dict[tuple[str, ...], float] = {}
-
-    def inc(self, *labels: str, amount: float = 1.0) -> None:
-        self.values[labels] = self.values.get(labels, 0.0) + amount
-
-    def render(self) -> list[str]:
-        lines = _header(self.name, "counter", self.help)
-        for key, value in sorted(self.values.items()):
-            lines.append(f"{self.name}{_labels(self.labels, key)} {_num(value)}")
-        return lines
-
-
-class Histogram:
-    def __init__(self, name: str, help_text: str, buckets: Sequence[float]) -> None:
-        self.name = _PREFIX + name
-        self.help = help_text
-        self.buckets = tuple(sorted(buckets))
-        self.counts = [0] * len(self.buckets)  # per bucket, not yet cumulative
-        self.sum = 0.0
-        self.count = 0
-
-    def observe(self, value: float) -> None:
-        for i, bound in enumerate(self.buckets):
-            if value <= bound:
-                self.counts[i] += 1
-                break
-        self.sum += value
-        self.count += 1
-
-    def render(self) -> list[str]:
-        lines = _header(self.name, "histogram", self.help)
-        running = 0
-        for bound, n in zip(self.buckets, self.counts, strict=True):
-            running += n
-            lines.append(f'{self.name}_bucket{{le="{_num(bound)}"}} {running}')
-        lines.append(f'{self.name}_bucket{{le="+Inf"}} {self.count}')
-        lines.append(f"{self.name}_sum {_num(self.sum)}")
-        lines.append(f"{self.name}_count {self.count}")
-        return lines
-
-
-def _gauge(name: str, help_text: str, samples: Mapping[str, float], label: str = "") -> list[str]:
-    """A gauge; with `label`, one sample per key of `samples`, else the single value under ""."""
-    full = _PREFIX + name
-    lines = _header(full, "gauge", help_text)
-    for key, value in samples.items():
-        lines.append(f"{full}{_labels((label,), (key,)) if label else ''} {_num(value)}")
-    return lines
+    def collect(self) -> Iterable[Metric]:
+        stats = self.stats
+        sessions = GaugeMetricFamily(
+            _PREFIX + "pool_sessions",
+            "claude sessions by state (sticky ones can also be busy).",
+            labels=("state",),
+        )
+        for state in POOL_STATES:
+            sessions.add_metric((state,), stats.get(state, 0))
+        yield sessions
+        yield GaugeMetricFamily(
+            _PREFIX + "pool_queued_requests",
+            "Admitted turns waiting for a slot.",
+            value=stats.get("queued", 0),
+        )
+        yield GaugeMetricFamily(
+            _PREFIX + "pool_max_busy", "Turns allowed to run at once.", stats.get("max_busy", 0)
+        )
+        yield CounterMetricFamily(
+            _PREFIX + "claude_spawned_total", "claude processes started.", stats.get("spawned", 0)
+        )
+        yield CounterMetricFamily(
+            _PREFIX + "claude_restarts_total",
+            "Idle claude processes that died and were replaced.",
+            stats.get("deaths", 0),
+        )
+        yield GaugeMetricFamily(
+            _PREFIX + "claude_available",
+            "1 when claude can be started.",
+            int(self.claude_available),
+        )
+        if self.logged_in is not None:
+            yield GaugeMetricFamily(
+                _PREFIX + "claude_logged_in", "1 when claude is logged in.", int(self.logged_in)
+            )
+        yield GaugeMetricFamily(
+            _PREFIX + "start_time_seconds", "Unix time the daemon started.", self.started
+        )
+        info = GaugeMetricFamily(
+            _PREFIX + "build_info",
+            "Versions of the relay and of its claude CLI.",
+            labels=("version", "claude_version"),
+        )
+        info.add_metric((self.version, self.claude_version or ""), 1)
+        yield info
 
 
 class Metrics:
-    """The daemon's counters; one per app, filled by the wrapper and middleware below."""
+    """The daemon's counters and its registry; one per app, filled by the wrapper and
+    middleware below."""
 
     def __init__(self) -> None:
-        self.started = time.time()
+        self.registry = CollectorRegistry()
+        reg = self.registry
         self.requests = Counter(
-            "http_requests_total",
+            _PREFIX + "http_requests_total",
             "HTTP requests by route template, method and final status.",
             ("route", "method", "status"),
+            registry=reg,
         )
         self.turns = Counter(
-            "turns_total",
+            _PREFIX + "turns_total",
             "Admitted turns by outcome: ok, error, abandoned (the client left first).",
             ("outcome",),
-        )
-        self.turn_seconds = Histogram(
-            "turn_duration_seconds",
-            "Seconds from admission to the turn's result (queueing and cold starts included).",
-            TURN_BUCKETS,
-        )
-        self.first_delta_seconds = Histogram(
-            "time_to_first_delta_seconds",
-            "Seconds from admission to the first text of the reply.",
-            FIRST_DELTA_BUCKETS,
+            registry=reg,
         )
         self.upstream_errors = Counter(
-            "upstream_errors_total",
+            _PREFIX + "upstream_errors_total",
             "Turns that failed after admission, by Anthropic error type.",
             ("type",),
+            registry=reg,
         )
         self.rejections = Counter(
-            "admission_rejections_total",
+            _PREFIX + "admission_rejections_total",
             "Turns refused before they ran (queue full, claude unavailable), by error type.",
             ("type",),
+            registry=reg,
+        )
+        self.turn_seconds = Histogram(
+            _PREFIX + "turn_duration_seconds",
+            "Seconds from admission to the turn's result (queueing and cold starts included).",
+            buckets=TURN_BUCKETS,
+            registry=reg,
+        )
+        self.first_delta_seconds = Histogram(
+            _PREFIX + "time_to_first_delta_seconds",
+            "Seconds from admission to the first text of the reply.",
+            buckets=FIRST_DELTA_BUCKETS,
+            registry=reg,
         )
         self.tokens = Counter(
-            "tokens_total", "Tokens the upstream reported for completed turns.", ("type",)
+            _PREFIX + "tokens_total",
+            "Tokens the upstream reported for completed turns.",
+            ("type",),
+            registry=reg,
         )
         # Series that alerts divide by exist from the start, at zero.
         for outcome in OUTCOMES:
-            self.turns.inc(outcome, amount=0)
+            self.turns.labels(outcome)
         for kind in TOKEN_TYPES:
-            self.tokens.inc(kind, amount=0)
+            self.tokens.labels(kind)
+        self._scrape = _Scrape(time.time())
+        reg.register(self._scrape)
+        # process_resident_memory_bytes, process_open_fds, process_max_fds, CPU seconds, …: read
+        # from /proc at each scrape (a few small reads; nothing on platforms without /proc).
+        ProcessCollector(registry=reg)
 
     def render(
         self,
@@ -166,48 +177,13 @@ class Metrics:
         version: str,
         claude_version: str | None,
     ) -> str:
-        lines: list[str] = []
-        for counter in (self.requests, self.turns, self.upstream_errors, self.rejections):
-            lines += counter.render()
-        lines += self.turn_seconds.render()
-        lines += self.first_delta_seconds.render()
-        lines += self.tokens.render()
-        states = ("warm", "busy", "starting", "sticky")
-        lines += _gauge(
-            "pool_sessions",
-            "claude sessions by state (sticky ones can also be busy).",
-            {s: stats.get(s, 0) for s in states},
-            "state",
-        )
-        lines += _gauge(
-            "pool_queued_requests",
-            "Admitted turns waiting for a slot.",
-            {"": stats.get("queued", 0)},
-        )
-        lines += _gauge(
-            "pool_max_busy", "Turns allowed to run at once.", {"": stats.get("max_busy", 0)}
-        )
-        for name, key, help_text in (
-            ("claude_spawned_total", "spawned", "claude processes started."),
-            (
-                "claude_restarts_total",
-                "deaths",
-                "Idle claude processes that died and were replaced.",
-            ),
-        ):
-            lines += _header(_PREFIX + name, "counter", help_text)
-            lines.append(f"{_PREFIX}{name} {stats.get(key, 0)}")
-        lines += _gauge(
-            "claude_available", "1 when claude can be started.", {"": int(claude_available)}
-        )
-        if logged_in is not None:
-            lines += _gauge("claude_logged_in", "1 when claude is logged in.", {"": int(logged_in)})
-        lines += _gauge("start_time_seconds", "Unix time the daemon started.", {"": self.started})
-        info = _PREFIX + "build_info"
-        lines += _header(info, "gauge", "Versions of the relay and of its claude CLI.")
-        labels = _labels(("version", "claude_version"), (version, claude_version or ""))
-        lines.append(f"{info}{labels} 1")
-        return "\n".join(lines) + "\n"
+        s = self._scrape
+        s.stats = stats
+        s.claude_available = claude_available
+        s.logged_in = logged_in
+        s.version = version
+        s.claude_version = claude_version
+        return prometheus_client.generate_latest(self.registry).decode()
 
 
 METRICS_KEY: Final = web.AppKey("metrics", Metrics)
@@ -239,7 +215,7 @@ class _MeteredTurn:
         try:
             events = await self._inner.__aenter__()
         except RelayError as err:
-            self._metrics.rejections.inc(err.anthropic_type)
+            self._metrics.rejections.labels(err.anthropic_type).inc()
             raise
         self._admitted_at = time.monotonic()
         return _MeteredEvents(events, self)
@@ -260,7 +236,7 @@ class _MeteredTurn:
 
     def _finish(self, outcome: str) -> None:
         self._outcome = outcome
-        self._metrics.turns.inc(outcome)
+        self._metrics.turns.labels(outcome).inc()
 
     def saw(self, ev: TurnEvent) -> None:
         if isinstance(ev, TextDelta):
@@ -276,14 +252,14 @@ class _MeteredTurn:
         self._metrics.turn_seconds.observe(elapsed)
         u = ev.usage
         tokens = self._metrics.tokens
-        tokens.inc("input", amount=u.input_tokens)
-        tokens.inc("output", amount=u.output_tokens)
-        tokens.inc("cache_read_input", amount=u.cache_read_input_tokens)
-        tokens.inc("cache_creation_input", amount=u.cache_creation_input_tokens)
+        tokens.labels("input").inc(u.input_tokens)
+        tokens.labels("output").inc(u.output_tokens)
+        tokens.labels("cache_read_input").inc(u.cache_read_input_tokens)
+        tokens.labels("cache_creation_input").inc(u.cache_creation_input_tokens)
         self._finish("ok")
 
     def failed(self, error_type: str) -> None:
-        self._metrics.upstream_errors.inc(error_type)
+        self._metrics.upstream_errors.labels(error_type).inc()
         if self._outcome is None:
             self._finish("error")
 
@@ -351,4 +327,6 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
         status = 499  # the client left; the same code the access log uses
         raise
     finally:
-        request.app[METRICS_KEY].requests.inc(_route(request), _method(request), str(status))
+        request.app[METRICS_KEY].requests.labels(
+            _route(request), _method(request), str(status)
+        ).inc()

@@ -1,9 +1,10 @@
 """`claude-relay service install|uninstall|status`: run the daemon under the user's own manager.
 
 A systemd **user** unit on Linux, a launchd LaunchAgent on macOS, both rendered from the
-templates in `packaging/` (so they can be read and reviewed as files). The service runs
-`claude-relay serve` as the user who installed it, because claude's login lives in that user's
-home; it restarts on failure, and a config error (exit 2) is not retried under systemd.
+templates in `packaging/` (so they can be read and reviewed as files), which every install carries
+as package data of `claude_relay`. The service runs `claude-relay serve` as the user who
+installed it, because claude's login lives in that user's home; it restarts on failure, and a
+config error (exit 2) is not retried under systemd.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Final, Literal
 from xml.sax.saxutils import escape
@@ -32,10 +35,11 @@ class ServiceError(Exception):
     pass
 
 
-def templates_dir() -> Path:
-    # packaging/ is not a Python package (the name would shadow PyPI's `packaging`), so the
-    # templates are found next to the source tree; `pip install -e .` keeps them there.
-    return Path(__file__).resolve().parent.parent / "packaging"
+def templates_dir() -> Traversable:
+    # claude_relay/packaging links to the top-level packaging/ and is package data (pyproject):
+    # through importlib.resources the same name works in a checkout, an editable install and a
+    # wheel, where a path relative to this file would point outside site-packages.
+    return resources.files("claude_relay") / "packaging"
 
 
 def current_platform() -> Platform | None:
@@ -93,13 +97,15 @@ def _fill(template: str, values: Mapping[str, str]) -> str:
 
 
 def _read_template(name: str) -> str:
-    path = templates_dir() / name
+    path = templates_dir()
+    for part in name.split("/"):  # Traversable.joinpath takes one name before Python 3.12
+        path = path / part
     try:
-        return path.read_text()
+        return path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ServiceError(
-            f"service template {path} is missing ({exc.strerror}); install claude-relay from "
-            "its source tree (pip install -e .)"
+            f"service template {path} is missing ({exc.strerror}): this claude-relay install is "
+            "incomplete; reinstall it from its checkout (pip install --force-reinstall .)"
         ) from None
 
 

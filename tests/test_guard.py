@@ -333,7 +333,7 @@ async def test_unknown_methods_share_one_metrics_series(
     assert any('method="other"' in line and 'status="405"' in line for line in series)
     assert not any(m in text for m in ("PROPFIND", "MKCOL", "SEARCH"))
     other = next(line for line in series if 'method="other"' in line)
-    assert other.endswith(" 3")
+    assert other.endswith(" 3.0")
 
 
 # --- error messages quote an excerpt, not the whole value ---------------------------------------

@@ -92,7 +92,7 @@ def test_a_fresh_registry_is_valid_exposition() -> None:
 
 def test_label_values_are_escaped() -> None:
     m = Metrics()
-    m.requests.inc('/odd"\\\npath', "GET", "200")
+    m.requests.labels('/odd"\\\npath', "GET", "200").inc()
     text = m.render({}, claude_available=False, logged_in=None, version="x", claude_version=None)
     samples = parse(text)
     route = '/odd"\\\npath'
@@ -162,3 +162,25 @@ async def test_a_client_that_leaves_is_an_abandoned_turn(make_client: MakeClient
     assert value(samples, "claude_relay_turns_total", outcome="abandoned") == 1
     assert value(samples, "claude_relay_time_to_first_delta_seconds_count") == 1
     assert value(samples, "claude_relay_turn_duration_seconds_count") == 0
+
+
+def test_process_metrics_and_one_registry_per_app() -> None:
+    """RSS and open fds of the daemon (what a PTY pool runs out of), and two apps in one process
+    count apart."""
+    one, two = Metrics(), Metrics()
+    one.turns.labels("ok").inc()
+    kwargs: dict[str, Any] = {
+        "claude_available": True,
+        "logged_in": None,
+        "version": "x",
+        "claude_version": None,
+    }
+    first, second = parse(one.render({}, **kwargs)), parse(two.render({}, **kwargs))
+    assert value(first, "claude_relay_turns_total", outcome="ok") == 1
+    assert value(second, "claude_relay_turns_total", outcome="ok") == 0
+    if Path("/proc/self/stat").exists():  # the process collector reads /proc
+        assert value(first, "process_resident_memory_bytes") > 0
+        assert value(first, "process_open_fds") >= 3
+        assert value(first, "process_max_fds") > 0
+    # no OpenMetrics `_created` series: the text format Prometheus scrapes ignores them
+    assert not any(name.endswith("_created") for name, _ in first)

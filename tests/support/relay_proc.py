@@ -117,12 +117,14 @@ async def start_relay(
     home: Path | None = None,
     wait_warm: bool = True,
     unset: tuple[str, ...] = (),
+    relay_bin: str = RELAY_BIN,
     **env: str,
 ) -> AsyncIterator[Relay]:
     """Start a daemon; with `home`, reuse that HOME (a restart) and leave it in place.
 
     `wait_warm=False` returns once health answers instead of once a claude is warm (for daemons
-    whose claude cannot start); `unset` names environment variables the daemon must not get.
+    whose claude cannot start); `unset` names environment variables the daemon must not get;
+    `relay_bin` is the console script to run (another installation's, e.g. a wheel's).
     """
     tmp = Path(tempfile.mkdtemp(prefix="relay-e2e-"))
     if home is None:
@@ -139,7 +141,7 @@ async def start_relay(
     log_path = tmp / "daemon.log"
     with log_path.open("wb") as log:
         proc = await asyncio.create_subprocess_exec(
-            RELAY_BIN,
+            relay_bin,
             "serve",
             "--port",
             str(port),
