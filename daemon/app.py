@@ -16,6 +16,8 @@ from claude_relay.daemon import (
     POOL_KEY,
     STARTED_KEY,
     RelayPool,
+    dashboard,
+    demo,
     mcp,
     routes_health,
     routes_messages,
@@ -26,6 +28,7 @@ from claude_relay.daemon import (
 )
 from claude_relay.daemon.auth import make_auth_middleware
 from claude_relay.daemon.config import Config
+from claude_relay.daemon.dashboard_turns import RecentTurns, RecordingPool
 from claude_relay.daemon.errors import make_error_middleware
 from claude_relay.daemon.guard import GuardPolicy, make_guard_middleware
 from claude_relay.daemon.license import (
@@ -72,6 +75,7 @@ def make_app(
     *,
     pool: RelayPool | None = None,
     license_source: LicenseSource | None = None,
+    demo_url: str | None = None,
 ) -> web.Application:
     app = web.Application(
         # Also bounds request.read(): a larger body raises 413, rendered as request_too_large.
@@ -85,9 +89,15 @@ def make_app(
             metrics_middleware,
             make_error_middleware(anthropic.error_body),
             make_guard_middleware(GuardPolicy.from_config(config)),
+            # the dashboard's page files hold no data and a browser navigation sends no key
+            dashboard.shell_middleware,
             make_auth_middleware(config.key_list()),
+            # demo mode (serve --demo): replies' model and health say "demo"
+            *([demo.demo_middleware] if demo_url is not None else []),
         ],
     )
+    if demo_url is not None:
+        app[demo.DEMO_KEY] = demo_url
     app[CONFIG_KEY] = config
     app[METRICS_KEY] = Metrics()
     license = license_source
@@ -103,8 +113,12 @@ def make_app(
     # its own or none.
     app[BROKER_KEY] = Broker()
     inner = pool if pool is not None else Pool(config.pool_settings(), broker=app[BROKER_KEY])
-    # Routes see the pool through these wrappers: the license gate outside, metrics inside.
-    app[POOL_KEY] = LicensedPool(MeteredPool(inner, app[METRICS_KEY]), license)
+    # Routes see the pool through these wrappers: the dashboard's turn list outermost (it lists
+    # refused turns too), then the license gate, metrics inside.
+    recent = RecentTurns()
+    app[POOL_KEY] = RecordingPool(
+        LicensedPool(MeteredPool(inner, app[METRICS_KEY]), license), recent
+    )
     app[STARTED_KEY] = time.monotonic()
     # MCP first: claudes spawned by the pool connect to it at startup, and it must outlive them.
     app.cleanup_ctx.append(_mcp_lifetime)
@@ -118,6 +132,7 @@ def make_app(
     routes_ops.add_routes(app)
     routes_openai.add_routes(app)
     routes_models.add_routes(app)
+    dashboard.install(app, inner, recent)
     _add_unprefixed_routes(app)  # last, so that every module's routes are covered
     return app
 

@@ -64,8 +64,9 @@ def key_matches(presented: str, keys: Sequence[str]) -> bool:
     return found
 
 
-# Where the middleware leaves the caller's tenant: the tag of the key it presented.
-TENANT: Final = "claude_relay.tenant"
+# Where the middleware leaves the caller's tenant: the tag of the key it presented. A typed key:
+# aiohttp (3.14) warns on plain string keys, and the warning would fail the first keyed request.
+TENANT: Final = web.RequestKey("claude_relay.tenant", str)
 
 
 def key_tag(key: str) -> str:
@@ -76,8 +77,7 @@ def key_tag(key: str) -> str:
 
 def tenant(request: web.Request) -> str | None:
     """The caller's tenant tag; None when the relay runs without API keys (one tenant)."""
-    value = request.get(TENANT)
-    return value if isinstance(value, str) else None
+    return request.get(TENANT)
 
 
 def make_auth_middleware(keys: Sequence[str]) -> Middleware:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from claude_relay.daemon import POOL_KEY, RelayPool, cli_ops
+from claude_relay.daemon import POOL_KEY, RelayPool, cli_ops, dashboard_cli, demo
 from claude_relay.daemon.app import make_app
 from claude_relay.daemon.auth import exposure_error
 from claude_relay.daemon.config import Config, ConfigError, load_config, resolve_config_file
@@ -74,6 +74,16 @@ def build_parser() -> argparse.ArgumentParser:
     _config_option(serve)
     for flag, metavar, help_text in _FIELD_FLAGS:
         serve.add_argument(flag, metavar=metavar, help=help_text)
+    serve.add_argument(
+        "--demo",
+        action="store_true",
+        help="answer with a built-in stand-in model instead of Anthropic (no login needed; "
+        "deterministic replies, docs/demo.md)",
+    )
+
+    dash = commands.add_parser("dashboard", help="open the live dashboard in a browser")
+    _client_options(dash)
+    dash.add_argument("--no-open", action="store_true", help="only print the dashboard's URL")
 
     status = commands.add_parser("status", help="is the daemon running: pool, sessions, login")
     _client_options(status)
@@ -131,6 +141,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
+    if args.command == "dashboard":
+        return dashboard_cli.run(args)
     if args.command != "serve":
         return cli_ops.run(args)
     env = os.environ
@@ -147,6 +159,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"claude-relay: error: {refusal}", file=sys.stderr)
         return 2
     setup_logging(config.log_level, config.log_format)
+    if args.demo:
+        return asyncio.run(demo.run(config, lambda c, url: serve(c, demo_url=url)))
     return asyncio.run(serve(config))
 
 
@@ -154,7 +168,9 @@ def _url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-async def serve(config: Config, *, pool: RelayPool | None = None) -> int:
+async def serve(
+    config: Config, *, pool: RelayPool | None = None, demo_url: str | None = None
+) -> int:
     """Run until SIGINT/SIGTERM; return the process exit code."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -168,7 +184,7 @@ async def serve(config: Config, *, pool: RelayPool | None = None) -> int:
             log.info("%s: shutting down (grace %gs)", signum.name, config.shutdown_grace)
             stop.set()
 
-    app = make_app(config, pool=pool)
+    app = make_app(config, pool=pool, demo_url=demo_url)
     # Signals are handled below (aiohttp's would not know about the second one); the runner adds
     # the socket-level defences: read clocks, the connection cap, JSON for malformed requests.
     runner = RelayRunner(

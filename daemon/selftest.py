@@ -18,13 +18,14 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+from claude_relay.daemon.demo import claude_env, swapped_environ
 from claude_relay.daemon.fake_upstream import FakeUpstream, Reply
-from claude_relay.daemon.scratch_home import FAKE_API_KEY, leaks, make_home
+from claude_relay.daemon.scratch_home import leaks, make_home
 from claude_relay.protocols import errors
 from claude_relay.protocols.model import SpawnSpec, TextDelta, TurnResult
 from claude_relay.pty_pool import versions
@@ -93,19 +94,6 @@ class Line:
     name: str
     ok: bool
     detail: str
-
-
-@contextlib.contextmanager
-def _environ(values: dict[str, str]) -> Iterator[None]:
-    """The session reads the process environment (as the daemon's does): swap it for the run."""
-    saved = dict(os.environ)
-    os.environ.clear()
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
 
 
 async def _turn(session: Session, prompt: str) -> tuple[str, int, TurnResult]:
@@ -211,12 +199,7 @@ async def _scratch(
         home = tmp / "home"
         make_home(home)
         async with FakeUpstream() as up:
-            env = {
-                k: v
-                for k, v in os.environ.items()
-                if not k.startswith(("ANTHROPIC_", "CLAUDE_", "XDG_")) and k != "CLAUDECODE"
-            }
-            env.update(HOME=str(home), ANTHROPIC_BASE_URL=up.url, ANTHROPIC_API_KEY=FAKE_API_KEY)
+            env = claude_env(os.environ, home, up.url)
             settings = PoolSettings(
                 claude_bin=binary,
                 workspace=home / ".local" / "state" / "claude-relay" / "workspace",
@@ -226,7 +209,7 @@ async def _scratch(
                 columns=100,
                 rows=40,
             )
-            with _environ(env):
+            with swapped_environ(env):
                 await asyncio.to_thread(prepare, settings, env)
                 yield settings, up, home, tmp
     finally:

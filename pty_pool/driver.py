@@ -12,11 +12,14 @@ import asyncio
 import contextlib
 import ctypes
 import errno
+import fcntl
 import gc
 import logging
 import os
 import signal
+import struct
 import sys
+import termios
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +32,7 @@ log = logging.getLogger(__name__)
 # for whatever is left.
 READ_CHUNK = 64 * 1024
 _PR_SET_PDEATHSIG = 1
+_TIOCGPTN = 0x80045430  # Linux: the number N of a PTY master's terminal, /dev/pts/N
 # Linux limits one argv/environment string to 32 pages (MAX_ARG_STRLEN) and all of them together
 # to a quarter of the stack limit (8 MiB by default); stay well inside the latter.
 MAX_ARG_STRLEN = 128 * 1024
@@ -278,6 +282,28 @@ class PtyDriver:
     @property
     def write_pending(self) -> int:
         return len(self._out)
+
+    def unread_input(self) -> int | None:
+        """Bytes sent to claude that it has not read yet: our own backlog plus what waits in its
+        terminal's input queue (TIOCINQ on /dev/pts/N), or None where that cannot be asked
+        (not Linux). A prompt still in there is not lost, only not taken yet (a loaded machine).
+
+        The terminal is opened only for the question and closed at once: holding it open would
+        keep the PTY alive after claude exits, and the reader would never see EOF.
+        """
+        if self._fd < 0 or self._eof or not sys.platform.startswith("linux"):
+            return None
+        try:
+            raw = fcntl.ioctl(self._fd, _TIOCGPTN, struct.pack("I", 0))
+            n = struct.unpack("I", raw)[0]
+            fd = os.open(f"/dev/pts/{n}", os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK)
+            try:
+                queued = struct.unpack("i", fcntl.ioctl(fd, termios.TIOCINQ, b"\0" * 4))[0]
+            finally:
+                os.close(fd)
+        except OSError:
+            return None
+        return len(self._out) + int(queued)
 
     def resize(self, rows: int, cols: int) -> None:
         if self._proc is not None and not self._eof:

@@ -872,6 +872,25 @@ class Pool:
                 del self._warm[spec]
 
     # --- inspection ----------------------------------------------------------------------------
+    def live_sessions(self) -> list[tuple[str, Session, str | None, str | None]]:
+        """Every live claude as (role, session, sticky id, owner tenant), read-only, for the
+        dashboard's screen mirror. Roles: sticky, parked (stateless calls waiting for results),
+        busy (a stateless turn; its owner is not recorded, so None) and warm."""
+        out: list[tuple[str, Session, str | None, str | None]] = []
+        seen: set[Session] = set()
+        for st in self._sticky.values():
+            if st.session is not None and st.session.alive:
+                out.append(("sticky", st.session, st.id, st.owner))
+                seen.add(st.session)
+        for entry in dict.fromkeys(self._parked.values()):
+            if entry.session not in seen and entry.session.alive:
+                out.append(("parked", entry.session, None, entry.owner))
+                seen.add(entry.session)
+        out += [("busy", s, None, None) for s in self._busy if s not in seen and s.alive]
+        seen |= self._busy
+        out += [("warm", s, None, None) for v in self._warm.values() for s in v if s not in seen]
+        return out
+
     def stats(self) -> dict[str, int]:
         """Counts for /v1/health: warm, busy, starting, queued, sessions, max_busy, max_queue."""
         warm = sum(1 for v in self._warm.values() for s in v if s.state == "ready" and s.alive)

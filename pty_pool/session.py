@@ -164,6 +164,11 @@ class Session:
         self._changed.clear()
         return self._screen.snapshot()
 
+    def screen(self) -> Snapshot:
+        """claude's screen as last drawn (read-only: the dashboard's mirror). The render the turn
+        watcher made of it is reused while no bytes arrived."""
+        return self._screen.snapshot()
+
     def _named(self) -> str:
         return f"claude {self.cli_version}" if self.cli_version else "claude"
 
@@ -471,11 +476,16 @@ class Session:
             else:
                 idle_since = None
             if keys is not None and not started and not st.busy:
-                if now - pasted > RESUBMIT_AFTER * (resubmitted + 1) and not echoed:
+                quiet = now - max(pasted, drawn_t)
+                if quiet > RESUBMIT_AFTER * (resubmitted + 1) and not echoed:
                     # A prompt claude took but has not shown at work yet (a loaded machine)
                     # must not go in twice: the second copy is answered too, and its reply is
-                    # joined to this turn's or becomes the next turn's. The transcript may hold
-                    # it before the screen shows it.
+                    # joined to this turn's or becomes the next turn's (or both copies land in
+                    # the input box as one doubled prompt). Bytes still unread in claude's
+                    # terminal were not lost; the transcript may hold the prompt before the
+                    # screen shows it.
+                    if self._driver.unread_input():
+                        continue
                     if self._tail.path is None:
                         self._tail.path = self._transcript_path()
                     turn_log.add(await asyncio.to_thread(self._tail.read))

@@ -197,6 +197,24 @@ async def test_drain_ends_when_the_child_dies(spawn: Spawn) -> None:
     await asyncio.wait_for(child.driver.drain(), 2.0)
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="TIOCGPTN is Linux's")
+async def test_unread_input_tells_a_slow_reader_from_a_lost_write(spawn: Spawn) -> None:
+    """A prompt still queued in claude's terminal was not lost (the session must not paste it
+    again); once read, nothing is pending. Holding no terminal open, EOF still arrives."""
+    idle = await spawn("raw_idle.py")  # never reads
+    await idle.expect(b"ready")
+    assert idle.driver.unread_input() == 0
+    idle.driver.write(b"hello")
+    await until(lambda: idle.driver.unread_input() == 5, timeout=5, what="5 bytes queued")
+    reader = await spawn("count_stdin.py", "5")
+    await reader.expect(b"ready")
+    reader.driver.write(b"hello")
+    await reader.expect(b"got 5 ")
+    assert reader.driver.unread_input() in (0, None)  # None: gone already (EOF)
+    assert await reader.exited() == 0
+    assert reader.driver.unread_input() is None
+
+
 # --- terminate ----------------------------------------------------------------------------------
 async def test_terminate_sends_sigterm_and_reaps(spawn: Spawn) -> None:
     child = await spawn("sleeper.py")
