@@ -62,6 +62,8 @@ async def _complete(
         result = await turns.result_of(request, pool, turn_request)
     except turns.ClientGone:
         return web.Response(status=499)
+    if turn_request.thinking_budget is None:
+        result = result.without_thinking()  # only a request that asked for thinking gets it
     log.debug("reply: %r", result.text, extra={"request_id": request_info(request).request_id})
     payload = anthropic.encode_message(
         result, request_model=turn_request.model, message_id=message_id
@@ -75,10 +77,13 @@ async def _stream(
     turn_request: TurnRequest,
     message_id: str,
 ) -> web.StreamResponse:
-    encoder = anthropic.StreamEncoder(turn_request.model, message_id)
+    thinking = turn_request.thinking_budget is not None
+    encoder = anthropic.StreamEncoder(turn_request.model, message_id, thinking=thinking)
 
     def frame(ev: TurnEvent) -> bytes:
-        return encoder.delta(ev) if isinstance(ev, TextDelta) else encoder.finish(ev)
+        if isinstance(ev, TextDelta):
+            return encoder.delta(ev)
+        return encoder.finish(ev if thinking else ev.without_thinking())
 
     return await turns.stream(
         request,

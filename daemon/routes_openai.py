@@ -56,6 +56,8 @@ async def _complete(
     except turns.ClientGone:
         return web.Response(status=499)
     result = response_format.check_reply(chat.response_format, result)
+    if chat.turn.thinking_budget is None:
+        result = result.without_thinking()  # only a request that asked for thinking gets it
     payload = openai.encode_completion(
         result,
         request_model=chat.turn.model,
@@ -68,18 +70,21 @@ async def _complete(
 async def _stream(
     request: web.Request, pool: RelayPool, chat: openai.ChatRequest
 ) -> web.StreamResponse:
+    thinking = chat.turn.thinking_budget is not None
     encoder = openai.StreamEncoder(
         chat.turn.model,
         openai.new_completion_id(),
         int(time.time()),
         include_usage=chat.include_usage,
+        thinking=thinking,
     )
 
     def frame(ev: TurnEvent) -> bytes:
         if isinstance(ev, TextDelta):
             # with a JSON response_format the text is sent whole, once checked (module doc)
             return b"" if chat.response_format is not None else encoder.delta(ev)
-        return encoder.finish(response_format.check_reply(chat.response_format, ev))
+        result = response_format.check_reply(chat.response_format, ev)
+        return encoder.finish(result if thinking else result.without_thinking())
 
     return await turns.stream(
         request, pool, chat.turn, encoder, frame=frame, error_type=lambda err: err.openai_type

@@ -32,7 +32,12 @@ output_config          `effort` accepted and ignored; a non-null `format` (struc
                        rejected, since ignoring it would silently break the client's contract
 session_id             claude-relay extension (the X-IR-Session-ID header wins): string, ignored
                        unless 1..128 printable characters
-thinking, service_tier, container, mcp_servers, context_management, cache_control,
+thinking               enforced: `{"type": "enabled", "budget_tokens": N}` (N >= 1024 and below
+                       max_tokens, as the API requires), `{"type": "adaptive"}` or
+                       `{"type": "disabled"}`, `display` accepted; the budget reaches claude
+                       bucketed (docs/limits.md), and thinking blocks are returned only when
+                       asked for
+service_tier, container, mcp_servers, context_management, cache_control,
 diagnostics, inference_geo, speed, user_profile_id, workspace_id
                        accepted and ignored: they tune how the API runs the model, which the relay
                        does not control; their contents are not validated
@@ -51,7 +56,8 @@ WebP) and `document` (base64 PDF, whose text is extracted; `text`; `content`) bl
 messages, checked by `protocols.attachments` against one per-request budget (413 beyond it; URL
 and file sources are a 400: nothing is fetched), `tool_use` in assistant messages and
 `tool_result` (string or text, image and document content, `is_error`) in user messages, paired
-as the API requires (`protocols.tools.check_pairing`); other API block types get a "not supported
+as the API requires (`protocols.tools.check_pairing`), `thinking` (kept, never pasted) and
+`redacted_thinking` (dropped) in assistant messages; other API block types get a "not supported
 yet by claude-relay" 400, unknown types pydantic's tag error.
 """
 
@@ -75,6 +81,7 @@ from claude_relay.protocols.model import (
     Role,
     TextBlock,
     TextDelta,
+    ThinkingBlock,
     ToolChoice,
     ToolResultBlock,
     ToolResultContent,
@@ -117,11 +124,11 @@ _ENFORCED_FIELDS: Final = frozenset(
         "tool_choice",
         "output_config",
         "session_id",
+        "thinking",
     }
 )
 _IGNORED_FIELDS: Final = frozenset(
     {
-        "thinking",
         "service_tier",
         "container",
         "mcp_servers",
@@ -348,8 +355,25 @@ def _attachment_or_text(
     return (_text_block(raw, path, tagged=True),)
 
 
+def _thinking_block(raw: dict[str, Any], path: str) -> ThinkingBlock:
+    _no_extras(raw, frozenset({"type", "thinking", "signature", "cache_control"}), path)
+    values: list[str] = []
+    for name in ("thinking", "signature"):
+        value = raw.get(name, _MISSING)
+        if value is _MISSING:
+            _fail(f"{path}.thinking.{name}", "Field required")
+        values.append(_str(value, f"{path}.thinking.{name}"))
+    return ThinkingBlock(values[0], values[1])
+
+
 def _blocks(raw: object, path: str, budget: attachments.Budget) -> tuple[ContentBlock, ...]:
     """One client block as neutral blocks (a `content` document may give several)."""
+    if isinstance(raw, dict) and raw.get("type") == "thinking":
+        return (_thinking_block(raw, path),)
+    if isinstance(raw, dict) and raw.get("type") == "redacted_thinking":
+        # an earlier reply's encrypted thinking: claude holds its own, and a rendered history
+        # carries only the words, so there is nothing to keep
+        return ()
     if isinstance(raw, dict) and raw.get("type") == "tool_use":
         return (_tool_use_block(raw, path),)
     if isinstance(raw, dict) and raw.get("type") == "tool_result":
@@ -411,6 +435,10 @@ def _messages(raw: object, budget: attachments.Budget) -> tuple[Message, ...]:
             )
         last_block = len(blocks) - 1
         for k, (j, block) in enumerate(indexed):
+            if checked_role == "user" and isinstance(block, ThinkingBlock):
+                _fail(
+                    f"{path}.content.{j}", "thinking blocks are only allowed in assistant messages"
+                )
             if checked_role == "assistant" and isinstance(block, ImageBlock | DocumentBlock):
                 # the API's rule: only the user sends images and documents
                 _fail(
@@ -543,6 +571,44 @@ def _tool_choice(raw: object, tools: tuple[ToolSpec, ...]) -> ToolChoice:
     return result
 
 
+def _thinking(raw: object, max_tokens: int) -> int | None:
+    """The thinking budget a request asks for (None: no thinking), checked as the API does."""
+    if raw is None:
+        return None
+    config = _object(raw, "thinking")
+    kind = config.get("type", _MISSING)
+    if kind is _MISSING:
+        _fail("thinking.type", "Field required")
+    if kind == "disabled":
+        _no_extras(config, frozenset({"type"}), "thinking.disabled")
+        return None
+    if kind == "adaptive":
+        _no_extras(config, frozenset({"type", "display"}), "thinking.adaptive")
+        # the model decides how much to think: claude gets the largest budget that fits
+        return max(_MIN_THINKING_BUDGET, max_tokens - 1)
+    if kind != "enabled":
+        _fail(
+            "thinking",
+            "Input tag '" + str(kind) + "' found using 'type' does not match any "
+            "of the expected tags: 'enabled', 'disabled', 'adaptive'",
+        )
+    _no_extras(config, frozenset({"type", "budget_tokens", "display"}), "thinking.enabled")
+    budget = config.get("budget_tokens", _MISSING)
+    if budget is _MISSING:
+        _fail("thinking.enabled.budget_tokens", "Field required")
+    budget = _int(budget, "thinking.enabled.budget_tokens", ge=_MIN_THINKING_BUDGET)
+    if budget >= max_tokens:
+        _fail(
+            "max_tokens",
+            "`max_tokens` must be greater than `thinking.budget_tokens`",
+            param="thinking.budget_tokens",
+        )
+    return budget
+
+
+_MIN_THINKING_BUDGET: Final = 1024
+
+
 def _check_output_config(raw: object) -> None:
     if raw is None:
         return
@@ -600,6 +666,7 @@ def decode_request(
     tools = _tools(body.get("tools"))
     tool_choice = _tool_choice(body.get("tool_choice"), tools)
     _check_output_config(body.get("output_config"))
+    thinking_budget = _thinking(body.get("thinking"), max_tokens)
 
     body_session = body.get("session_id")
     if body_session is not None:
@@ -619,6 +686,7 @@ def decode_request(
         session_id=session_id(session_header, body_session),
         tools=tools,
         tool_choice=tool_choice,
+        thinking_budget=thinking_budget,
     )
 
 
@@ -664,6 +732,8 @@ def encode_message(result: TurnResult, *, request_model: str, message_id: str) -
 
 
 def _block_json(block: ContentBlock) -> dict[str, Any]:
+    if isinstance(block, ThinkingBlock):
+        return {"type": "thinking", "thinking": block.thinking, "signature": block.signature}
     if isinstance(block, ToolUseBlock):
         return {"type": "tool_use", "id": block.id, "name": block.name, "input": block.input}
     assert isinstance(block, TextBlock), block  # a reply holds only text and tool calls
@@ -706,13 +776,19 @@ class StreamEncoder:
     and fail an assertion.
     """
 
-    def __init__(self, request_model: str, message_id: str) -> None:
+    def __init__(self, request_model: str, message_id: str, *, thinking: bool = False) -> None:
         self._model = request_model
         self._id = message_id
         self._started = False
         self._block_open = False
         self._closed = False
         self._streamed: list[str] = []
+        # With thinking asked for, the thinking blocks must come first, and claude's screen
+        # shows only the text: the exact thinking and its signature are known from the
+        # transcript at the turn's end, so text deltas are held until then (docs/limits.md).
+        self._thinking = thinking
+        self._held: list[TextDelta] = []
+        self._text_index = 0
 
     @property
     def closed(self) -> bool:
@@ -743,14 +819,21 @@ class StreamEncoder:
         assert not self._closed, "delta() after finish()/error()"
         if not ev.text:
             return b""
+        if self._thinking:
+            self._held.append(ev)
+            return b""
+        return self._text_delta(ev)
+
+    def _text_delta(self, ev: TextDelta) -> bytes:
         out = b""
+        index = self._text_index
         if not self._block_open:
             self._block_open = True
             out = sse_frame(
                 "content_block_start",
                 {
                     "type": "content_block_start",
-                    "index": 0,
+                    "index": index,
                     "content_block": {"type": "text", "text": ""},
                 },
             )
@@ -759,7 +842,7 @@ class StreamEncoder:
             "content_block_delta",
             {
                 "type": "content_block_delta",
-                "index": 0,
+                "index": index,
                 "delta": {"type": "text_delta", "text": ev.text},
             },
         )
@@ -768,18 +851,25 @@ class StreamEncoder:
         assert self._started, "finish() before start()"
         assert not self._closed, "finish() after finish()/error()"
         out = b""
+        if self._thinking:
+            for block in result.thinking:
+                out += self._thinking_block(block, self._text_index)
+                self._text_index += 1
+            for ev in self._held:
+                out += self._text_delta(ev)
+            self._held = []
         # Deltas come from the screen and may lag the transcript: when what was streamed is a
         # prefix of the final text, send the rest so the client ends with the exact text. A
         # divergent stream cannot be retracted, so then nothing is added.
         streamed = "".join(self._streamed)
         final = result.text
         if len(final) > len(streamed) and final.startswith(streamed):
-            out += self.delta(TextDelta(final[len(streamed) :]))
-        index = 0
+            out += self._text_delta(TextDelta(final[len(streamed) :]))
+        index = self._text_index
         if self._block_open:
-            out += sse_frame("content_block_stop", {"type": "content_block_stop", "index": 0})
+            out += sse_frame("content_block_stop", {"type": "content_block_stop", "index": index})
             self._block_open = False
-            index = 1
+            index += 1
         for tool in result.tool_uses:
             out += self._tool_block(tool, index)
             index += 1
@@ -794,6 +884,25 @@ class StreamEncoder:
         out += sse_frame("message_stop", {"type": "message_stop"})
         self._closed = True
         return out
+
+    @staticmethod
+    def _thinking_block(block: ThinkingBlock, index: int) -> bytes:
+        """A thinking block as the API streams it: thinking_delta, then signature_delta."""
+        start = {"type": "thinking", "thinking": "", "signature": ""}
+        out = sse_frame(
+            "content_block_start",
+            {"type": "content_block_start", "index": index, "content_block": start},
+        )
+        deltas: list[dict[str, Any]] = []
+        if block.thinking:
+            deltas.append({"type": "thinking_delta", "thinking": block.thinking})
+        deltas.append({"type": "signature_delta", "signature": block.signature})
+        for delta in deltas:
+            out += sse_frame(
+                "content_block_delta",
+                {"type": "content_block_delta", "index": index, "delta": delta},
+            )
+        return out + sse_frame("content_block_stop", {"type": "content_block_stop", "index": index})
 
     @staticmethod
     def _tool_block(tool: ToolUseBlock, index: int) -> bytes:

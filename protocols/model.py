@@ -7,7 +7,7 @@ into a wire format. Everything here is a frozen value so it can cross task bound
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Final, Literal
 
 Role = Literal["user", "assistant"]
@@ -63,7 +63,20 @@ class ToolResultBlock:
         return "\n".join(b.text for b in self.content if isinstance(b, TextBlock))
 
 
-ContentBlock = TextBlock | ImageBlock | DocumentBlock | ToolUseBlock | ToolResultBlock
+@dataclass(frozen=True, slots=True)
+class ThinkingBlock:
+    """The model's extended thinking, with the upstream's signature (opaque, passed on as is).
+
+    In a reply: read from claude's transcript. In a client's history: accepted and kept, but
+    never pasted (claude holds its own thinking; a rendered history carries only the words)."""
+
+    thinking: str
+    signature: str = ""
+
+
+ContentBlock = (
+    TextBlock | ImageBlock | DocumentBlock | ToolUseBlock | ToolResultBlock | ThinkingBlock
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +116,11 @@ class SpawnSpec:
     model: str | None = None
     system: str | None = None
     system_mode: SystemMode = "append"
+    # claude's output cap per upstream request (CLAUDE_CODE_MAX_OUTPUT_TOKENS) and thinking
+    # budget (MAX_THINKING_TOKENS, 0: thinking off), both bucketed (`pty_pool.spawn`) so that
+    # distinct request values do not each need a claude of their own; None: claude's default
+    max_output: int | None = None
+    thinking: int | None = None
 
 
 MAX_SESSION_ID_LENGTH: Final = 128
@@ -138,6 +156,9 @@ class TurnRequest:
     session_id: str | None = None
     tools: tuple[ToolSpec, ...] = ()
     tool_choice: ToolChoice = field(default_factory=ToolChoice)
+    # `thinking.budget_tokens` of a request that asked for extended thinking; None: not asked
+    # (then no thinking is returned, and claude is started with thinking off)
+    thinking_budget: int | None = None
     # Who is asking (set by the daemon: the API key's tenant tag, None without keys). Sticky ids
     # and parked tool calls are looked up within the owner's own.
     owner: str | None = None
@@ -185,6 +206,17 @@ class TurnResult:
     @property
     def tool_uses(self) -> tuple[ToolUseBlock, ...]:
         return tuple(b for b in self.content if isinstance(b, ToolUseBlock))
+
+    @property
+    def thinking(self) -> tuple[ThinkingBlock, ...]:
+        return tuple(b for b in self.content if isinstance(b, ThinkingBlock))
+
+    def without_thinking(self) -> TurnResult:
+        """The result as a client that did not ask for thinking sees it."""
+        if not self.thinking:
+            return self
+        content = tuple(b for b in self.content if not isinstance(b, ThinkingBlock))
+        return replace(self, content=content)
 
 
 TurnEvent = TextDelta | TurnResult

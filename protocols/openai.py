@@ -28,10 +28,13 @@ modalities, audio        text only
 functions,               deprecated; rejected with a pointer to `tools`
 function_call
 web_search_options       rejected
-temperature, top_p,      validated like the API, not applied (claude sets its own sampling and
-max_tokens,              output limit); `user` becomes the neutral `metadata_user_id`
-max_completion_tokens,
-seed, user
+max_tokens,              enforced: integer >= 1 (default 8192); reaches claude bucketed
+max_completion_tokens    (`pty_pool.spawn.max_output_bucket`)
+reasoning_effort         enforced: none/minimal (no thinking), low, medium, high, xhigh → a
+                         thinking budget (`REASONING_BUDGETS`); thinking returned as
+                         `reasoning_content`
+temperature, top_p,      validated like the API, not applied (claude sets its own sampling);
+seed, user               `user` becomes the neutral `metadata_user_id`
 session_id               claude-relay extension, as on /v1/messages (the header wins)
 frequency_penalty, ...   accepted and ignored (`_IGNORED`)
 anything else            400 "Unrecognized request argument supplied: <field>"
@@ -112,8 +115,19 @@ _ENFORCED: Final = frozenset(
         "seed",
         "user",
         "session_id",
+        "reasoning_effort",
     }
 )
+# `reasoning_effort` as a thinking budget (claude's MAX_THINKING_TOKENS, bucketed by the pool);
+# "none" and "minimal" mean no thinking, as the API's reasoning models read them.
+REASONING_BUDGETS: Final[dict[str, int | None]] = {
+    "none": None,
+    "minimal": None,
+    "low": 1024,
+    "medium": 4096,
+    "high": 16384,
+    "xhigh": 32768,
+}
 # Knobs for how the API runs a model, which the relay does not control; accepted unread.
 _IGNORED: Final = frozenset(
     {
@@ -123,7 +137,6 @@ _IGNORED: Final = frozenset(
         "metadata",
         "store",
         "service_tier",
-        "reasoning_effort",
         "verbosity",
         "prediction",
         "prompt_cache_key",
@@ -306,6 +319,16 @@ def decode_request(
     body_session = body.get("session_id")
     if body_session is not None:
         p.string(body_session, "session_id")
+    effort = body.get("reasoning_effort")
+    if effort is not None and p.string(effort, "reasoning_effort") not in REASONING_BUDGETS:
+        p.fail(
+            f"Invalid value: '{effort}'. Supported values are: "
+            + ", ".join(f"'{k}'" for k in REASONING_BUDGETS)
+            + ".",
+            "reasoning_effort",
+            "invalid_value",
+        )
+    thinking_budget = None if effort is None else REASONING_BUDGETS[effort]
 
     turn = TurnRequest(
         messages=messages,
@@ -320,6 +343,7 @@ def decode_request(
         session_id=session_id(session_header, body_session),
         tools=tools,
         tool_choice=tool_choice,
+        thinking_budget=thinking_budget,
     )
     return ChatRequest(turn=turn, include_usage=include_usage, response_format=fmt)
 
@@ -371,6 +395,12 @@ def _tool_call(block: ToolUseBlock) -> dict[str, Any]:
     }
 
 
+def reasoning_text(result: TurnResult) -> str:
+    """The reply's thinking as one `reasoning_content` string (the field DeepSeek, vLLM and
+    other OpenAI-compatible servers use; the OpenAI shape has no place for the signatures)."""
+    return "\n\n".join(b.thinking for b in result.thinking)
+
+
 def encode_completion(
     result: TurnResult, *, request_model: str, completion_id: str, created: int
 ) -> dict[str, Any]:
@@ -383,6 +413,8 @@ def encode_completion(
         "refusal": None,
         "annotations": [],
     }
+    if result.thinking:
+        message["reasoning_content"] = reasoning_text(result)
     if calls:
         message["tool_calls"] = calls
     return {
@@ -439,7 +471,13 @@ class StreamEncoder:
     """
 
     def __init__(
-        self, request_model: str, completion_id: str, created: int, *, include_usage: bool
+        self,
+        request_model: str,
+        completion_id: str,
+        created: int,
+        *,
+        include_usage: bool,
+        thinking: bool = False,
     ) -> None:
         self._base: dict[str, Any] = {
             "id": completion_id,
@@ -452,6 +490,10 @@ class StreamEncoder:
         self._started = False
         self._closed = False
         self._streamed: list[str] = []
+        # with thinking asked for, `reasoning_content` comes first and is known only from the
+        # transcript at the turn's end: content deltas are held until then (docs/openai.md)
+        self._thinking = thinking
+        self._held: list[TextDelta] = []
 
     @property
     def closed(self) -> bool:
@@ -474,10 +516,20 @@ class StreamEncoder:
         assert not self._closed, "delta() after finish()/error()"
         if not ev.text:
             return b""
+        if self._thinking:
+            self._held.append(ev)
+            return b""
         self._streamed.append(ev.text)
         return self._chunk({"content": ev.text})
 
     def _tail(self, result: TurnResult) -> Iterator[bytes]:
+        if self._thinking:
+            self._thinking = False
+            if result.thinking:
+                yield self._chunk({"reasoning_content": reasoning_text(result)})
+            for ev in self._held:
+                yield self.delta(ev)
+            self._held = []
         # Deltas come from the screen and may lag the transcript: when what was streamed is a
         # prefix of the exact text, send the rest. A divergent stream cannot be retracted.
         streamed = "".join(self._streamed)

@@ -48,6 +48,7 @@ from claude_relay.protocols.model import (
     Message,
     Role,
     TextBlock,
+    ThinkingBlock,
     ToolResultBlock,
     ToolUseBlock,
 )
@@ -118,6 +119,8 @@ def _block_parts(block: ContentBlock) -> _Parts:
     if isinstance(block, ToolUseBlock):
         args = json.dumps(block.input, ensure_ascii=False, separators=(",", ":"))
         return [f'<tool_use id="{block.id}" name="{block.name}">{args}</tool_use>']
+    if isinstance(block, ThinkingBlock):
+        return []  # the model's own scratch work: a rendered history carries only its words
     error = ' is_error="true"' if block.is_error else ""
     inner = _join([_block_parts(b) for b in block.content], "\n")
     return _join(

@@ -66,7 +66,8 @@ def cut(result: TurnResult, stops: tuple[str, ...]) -> TurnResult:
     if found is None:
         return result
     at, stop = found
-    content = (TextBlock(text[:at]),) if at else ()
+    # the thinking before the reply stays; tool calls after a stop are not made
+    content = result.thinking + ((TextBlock(text[:at]),) if at else ())
     return replace(result, content=content, stop_reason="stop_sequence", stop_sequence=stop)
 
 

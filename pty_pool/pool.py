@@ -3,7 +3,8 @@
 Stateless contract: a request without a session id runs on a fresh claude (taken warm from the
 pool when one with the same spawn settings is ready) which is disposed after the turn, so no call
 can see another's conversation; a replacement is spawned in the background. Sessions are keyed by
-`SpawnSpec` (model, system prompt), and the pool keeps warming the most recently used spec.
+`SpawnSpec` (model, system prompt, and the bucketed output cap and thinking budget), and the pool
+keeps warming the specs used at least WARM_AFTER_USES times among the recent ones.
 """
 
 from __future__ import annotations
@@ -178,7 +179,7 @@ class Turn:
                 async for ev in session.resume_turn(_tool_results(req)):
                     yield ev
                 return
-            spec = self._spec or spawn_spec(req.model, req.system, pool.settings)
+            spec = self._spec or check_request(req, pool.settings)
             prompt = await self._prompt(files, req.messages)
             for attempt in (1, 2):
                 session = await pool._acquire(spec)
@@ -218,15 +219,22 @@ class Turn:
         try:
             await self._take_slot()
             try:
-                spec = self._spec or spawn_spec(req.model, req.system, pool.settings)
+                spec = self._spec or check_request(req, pool.settings)
                 session = pool._unpark(req, sticky)
                 resume = session is not None
+                # what claude held before this call's messages: kept when the call sends only
+                # its new user turn (the daemon holds the state), else the call's own history
+                held: list[list[str]] = []
                 if session is None and (sticky.session is None or sticky.session.state != "parked"):
                     known = sticky.extended_by(req.messages, spec)
+                    if known is None and sticky.continued_by(req.messages, spec):
+                        known, held = 0, list(sticky.seen)
                     if known is not None:
                         sticky.set_spec(spec)  # the same digest; after a restart, the text too
                         prompt = await self._prompt(files, req.messages[known:])
                         session = await pool._sticky_session(sticky, fresh=False)
+                if session is None and held:
+                    raise _lost(sticky)
                 if session is None:
                     # first call, edited history, other spawn settings, tool calls abandoned, or
                     # claude lost the conversation: a fresh claude gets the whole history
@@ -239,14 +247,14 @@ class Turn:
                 events = (
                     session.resume_turn(_tool_results(req))
                     if resume
-                    else self._sticky_events(sticky, session, prompt, files)
+                    else self._sticky_events(sticky, session, prompt, files, bool(held))
                 )
                 try:
                     async for ev in events:
                         if isinstance(ev, TextDelta):
                             streamed.append(ev.text)
                         else:
-                            sticky.seen = [
+                            sticky.seen = held + [
                                 [message_digest(m.role, m.text, m.content)] for m in req.messages
                             ]
                             sticky.seen.append(
@@ -279,6 +287,7 @@ class Turn:
         session: Session,
         prompt: Prompt,
         files: contextlib.AsyncExitStack,
+        continued: bool = False,
     ) -> AsyncGenerator[TurnEvent, None]:
         """Run the turn; a claude that died while idle is resumed (or rebuilt) and tried once."""
         req = self._request
@@ -293,6 +302,8 @@ class Turn:
         pool = self._pool
         pool._busy.discard(session)
         again = await pool._sticky_session(sticky, fresh=False)
+        if again is None and continued:
+            raise _lost(sticky)
         if again is None:
             prompt = await self._prompt(files, self._request.messages)
             again = await pool._sticky_session(sticky, fresh=True)
@@ -324,11 +335,28 @@ class Turn:
             self._admitted = False
 
 
+def _lost(sticky: Sticky) -> errors.NotFoundError:
+    """A call that sent only its new turn, on an id whose conversation claude cannot resume
+    (its transcript is gone): rebuilding from this one message would silently drop the earlier
+    turns, so the client is told, and the id starts afresh on its next call."""
+    sticky.seen = []
+    return errors.NotFoundError(
+        f"session {errors.excerpt(sticky.id)}: claude could not restore the conversation; "
+        "send the whole history, or start again with this id"
+    )
+
+
 def check_request(req: TurnRequest, settings: PoolSettings) -> SpawnSpec:
     """The request's spawn settings, or a 400: values that would reach claude's argv are
     checked (`spawn_spec`), and a final user message that is empty once sanitised for the
     paste (only control characters or whitespace) would leave claude nothing to answer."""
-    spec = spawn_spec(req.model, req.system, settings)
+    spec = spawn_spec(
+        req.model,
+        req.system,
+        settings,
+        max_tokens=req.max_tokens,
+        thinking=req.thinking_budget,
+    )
     last = req.messages[-1] if req.messages else None
     if (
         last is not None
@@ -751,7 +779,15 @@ class Pool:
         Returns None when `fresh` is False and the conversation cannot be resumed.
         """
         current = sticky.session
-        if not fresh and current is not None and current.alive and current.state == "ready":
+        if (
+            not fresh
+            and current is not None
+            and current.alive
+            and current.state == "ready"
+            # other output or thinking limits are per spawn: the same conversation is resumed
+            # in a claude started with the new ones
+            and current.spec == sticky.spec
+        ):
             return current
         if current is not None:
             sticky.session = None

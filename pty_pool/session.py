@@ -118,7 +118,7 @@ class Session:
         self._cfg = relay_config_dir(settings)
         self._tail = TranscriptTail()
         self._tmp: attachments.TurnFiles | None = None  # claude's own temp dir, made at start
-        env = build_env(os.environ, settings)
+        env = build_env(os.environ, settings, spec)
         self._broker = broker
         # claude's own MCP connection: the caller's tools, and the calls it parks there
         self.channel: Channel | None = None

@@ -58,7 +58,44 @@ def resolve_model(requested: str, default: str | None) -> str | None:
     return name
 
 
-def spawn_spec(model: str, system: str | None, settings: PoolSettings) -> SpawnSpec:
+# What claude honours per spawn (both 2.1.197 and 2.1.332, read in their bundled code and checked
+# against the fake upstream's recorded requests): CLAUDE_CODE_MAX_OUTPUT_TOKENS becomes each
+# upstream request's `max_tokens` (clamped by claude to the model's ceiling: 64000 for
+# claude-sonnet-4-5, 128000 for claude-opus-4-8 / claude-opus-5-5); MAX_THINKING_TOKENS=N > 0
+# becomes `thinking: {type: enabled, budget_tokens: min(N, max_tokens - 1)}` on models with
+# budgeted thinking and `{type: adaptive}` on adaptive-only ones (the budget is then not sent);
+# MAX_THINKING_TOKENS=0 turns thinking off, which 2.1.332 does not do for claude-opus-5-5
+# (thinking is always on there). Neither is settable in a running claude, so each value is a
+# separate claude: values are rounded up (output) or down (budget) to a few buckets.
+MAX_OUTPUT_BUCKETS = (8192, 32768, 65536)
+MIN_THINKING_BUDGET = 1024  # the API's own minimum for budget_tokens
+
+
+def max_output_bucket(max_tokens: int) -> int | None:
+    """The output cap claude is started with for a request's `max_tokens`: the smallest bucket
+    that holds it (None beyond the largest: claude's own default, the model's ceiling)."""
+    return next((b for b in MAX_OUTPUT_BUCKETS if max_tokens <= b), None)
+
+
+def thinking_bucket(budget: int | None) -> int:
+    """MAX_THINKING_TOKENS for a request's thinking budget (None: not asked, 0: off): the
+    largest power of two at most `budget`, and at least the API's minimum of 1024."""
+    if budget is None:
+        return 0
+    bucket = MIN_THINKING_BUDGET
+    while bucket * 2 <= budget:
+        bucket *= 2
+    return bucket
+
+
+def spawn_spec(
+    model: str,
+    system: str | None,
+    settings: PoolSettings,
+    *,
+    max_tokens: int | None = None,
+    thinking: int | None = None,
+) -> SpawnSpec:
     """The spawn settings a request needs; a 400 for values claude could not be started with."""
     if system is not None and len(system.encode(errors="surrogatepass")) > MAX_SYSTEM_PROMPT:
         raise errors.InvalidRequestError(
@@ -71,7 +108,11 @@ def spawn_spec(model: str, system: str | None, settings: PoolSettings) -> SpawnS
         )
     mode: SystemMode = "replace" if settings.system_mode == "replace" else "append"
     return SpawnSpec(
-        model=resolve_model(model, settings.default_model), system=system or None, system_mode=mode
+        model=resolve_model(model, settings.default_model),
+        system=system or None,
+        system_mode=mode,
+        max_output=max_output_bucket(max_tokens or 1),
+        thinking=thinking_bucket(thinking),
     )
 
 
@@ -153,9 +194,19 @@ MCP_CONFIG_FILE = "mcp.json"
 SYSTEM_PROMPT_FILE = "system-prompt.md"
 
 
-def build_env(base: Mapping[str, str], settings: PoolSettings) -> dict[str, str]:
-    """The daemon's environment (so ANTHROPIC_* reach claude), isolated and bounded."""
+def build_env(
+    base: Mapping[str, str], settings: PoolSettings, spec: SpawnSpec | None = None
+) -> dict[str, str]:
+    """The daemon's environment (so ANTHROPIC_* reach claude), isolated and bounded; with
+    `spec`, the output and thinking limits it was started for."""
     env = isolation.child_env(base, settings)
+    if spec is not None:
+        # the request's limits, not whatever the daemon's own environment says
+        env.pop("CLAUDE_CODE_MAX_OUTPUT_TOKENS", None)
+        if spec.max_output is not None:
+            env["CLAUDE_CODE_MAX_OUTPUT_TOKENS"] = str(spec.max_output)
+        if spec.thinking is not None:
+            env["MAX_THINKING_TOKENS"] = str(spec.thinking)
     env["TERM"] = "xterm-256color"
     env.setdefault("LANG", "C.UTF-8")
     env.setdefault("DISABLE_AUTOUPDATER", "1")

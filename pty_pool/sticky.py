@@ -108,6 +108,20 @@ class Sticky:
                 return None
         return n
 
+    def continued_by(self, messages: tuple[Message, ...], spec: SpawnSpec) -> bool:
+        """True when the call sends only its new user turn and claude holds a conversation.
+
+        The reference daemon's sticky contract: the daemon keeps the state, so a client may send
+        just the new message. A full-history call always has more than one message once claude
+        holds one exchange (a user turn and its reply), so one user message on an id with a
+        conversation cannot be a full history; on a new id it is simply the first turn."""
+        return (
+            bool(self.seen)
+            and len(messages) == 1
+            and messages[0].role == "user"
+            and spec_digest(spec) == self.spec_key
+        )
+
     def to_json(self) -> dict[str, Any]:
         return {
             "id": self.id,

@@ -21,6 +21,7 @@ from claude_relay.protocols.model import (
     ContentBlock,
     StopReason,
     TextBlock,
+    ThinkingBlock,
     ToolUseBlock,
     TurnResult,
     Usage,
@@ -236,6 +237,7 @@ class TurnLog:
             return TurnResult((), "end_turn", Usage())
         text = ""
         tools: list[ToolUseBlock] = []
+        thoughts: list[ThinkingBlock] = []
         usage = Usage()
         seen_ids: set[str] = set()
         last_msg: dict[str, Any] = {}
@@ -246,6 +248,13 @@ class TurnLog:
             for block in _content(e) if in_segment else ():
                 if block.get("type") == "text":
                     text += str(block.get("text", ""))
+                elif block.get("type") == "thinking":
+                    # claude keeps each thinking block with its signature (2.1.197, 2.1.332)
+                    thoughts.append(
+                        ThinkingBlock(
+                            str(block.get("thinking") or ""), str(block.get("signature") or "")
+                        )
+                    )
                 elif block.get("type") == "tool_use":
                     raw_input = block.get("input")
                     tools.append(
@@ -271,7 +280,7 @@ class TurnLog:
             stop_reason = "end_turn"
         content: tuple[ContentBlock, ...] = (TextBlock(text),) if text else ()
         return TurnResult(
-            content=content + tuple(tools),
+            content=(*thoughts, *content, *tools),
             stop_reason=stop_reason,
             usage=usage,
             model=last_msg.get("model"),

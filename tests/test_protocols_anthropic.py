@@ -28,6 +28,7 @@ from claude_relay.protocols.model import (
     Message,
     TextBlock,
     TextDelta,
+    ThinkingBlock,
     TurnRequest,
     TurnResult,
     Usage,
@@ -340,10 +341,33 @@ BAD_BODIES = [
     ),
     pytest.param(
         body(messages=[user("Q"), assistant([{"type": "thinking", "thinking": "hm"}])]),
-        "messages.1.content.0: content blocks of type 'thinking' are not supported yet by "
-        "claude-relay",
-        "messages.1.content.0",
-        id="thinking",
+        "messages.1.content.0.thinking.signature: Field required",
+        "messages.1.content.0.thinking.signature",
+        id="thinking-without-signature",
+    ),
+    pytest.param(
+        body(messages=[user([{"type": "thinking", "thinking": "hm", "signature": "s"}])]),
+        "messages.0.content.0: thinking blocks are only allowed in assistant messages",
+        "messages.0.content.0",
+        id="thinking-in-user-message",
+    ),
+    pytest.param(
+        body(thinking={"type": "enabled", "budget_tokens": 1024}),
+        "max_tokens: `max_tokens` must be greater than `thinking.budget_tokens`",
+        "thinking.budget_tokens",
+        id="thinking-budget-not-below-max-tokens",
+    ),
+    pytest.param(
+        body(max_tokens=4096, thinking={"type": "enabled", "budget_tokens": 1000}),
+        "thinking.enabled.budget_tokens: Input should be greater than or equal to 1024",
+        "thinking.enabled.budget_tokens",
+        id="thinking-budget-below-minimum",
+    ),
+    pytest.param(
+        body(max_tokens=4096, thinking={"type": "enabled"}),
+        "thinking.enabled.budget_tokens: Field required",
+        "thinking.enabled.budget_tokens",
+        id="thinking-budget-missing",
     ),
     pytest.param(
         body(messages=[user([{"type": "document", "source": {}}])]),
@@ -747,7 +771,6 @@ def test_decode_accepts_optional_forms(fields: dict[str, object]) -> None:
 
 def test_decode_ignores_accepted_but_unenforced_fields() -> None:
     ignored: dict[str, object] = {
-        "thinking": {"type": "enabled", "budget_tokens": 2048},
         "service_tier": "auto",
         "container": "container_1",
         "mcp_servers": [{"type": "url", "url": "https://mcp.example", "name": "x"}],
@@ -1178,3 +1201,80 @@ def test_sdk_raises_on_mid_stream_error(sdk: Callable[[FakeRelay], anthropic.Ant
         stream.get_final_message()
     assert isinstance(info.value.body, dict)
     assert info.value.body["error"] == {"type": "overloaded_error", "message": "Overloaded"}
+
+
+# --- thinking ----------------------------------------------------------------------------------
+
+THOUGHT = ThinkingBlock("Let me see.", "c2lnbmF0dXJl")
+
+
+def thinking_result() -> TurnResult:
+    return TurnResult(content=(THOUGHT, TextBlock("Hello")), stop_reason="end_turn", usage=Usage())
+
+
+@pytest.mark.parametrize(
+    ("thinking", "budget"),
+    [
+        (None, None),
+        ({"type": "disabled"}, None),
+        ({"type": "enabled", "budget_tokens": 2048}, 2048),
+        ({"type": "enabled", "budget_tokens": 2048, "display": "summarized"}, 2048),
+        ({"type": "adaptive"}, 4095),  # the model decides: everything below max_tokens
+    ],
+)
+def test_decode_thinking(thinking: object, budget: int | None) -> None:
+    assert decode_request(body(max_tokens=4096, thinking=thinking)).thinking_budget == budget
+
+
+def test_decode_keeps_thinking_blocks_of_assistant_history() -> None:
+    raw = body(
+        messages=[
+            user("Q"),
+            assistant(
+                [
+                    {"type": "thinking", "thinking": "hm", "signature": "sig"},
+                    {"type": "redacted_thinking", "data": "opaque"},
+                    {"type": "text", "text": "A"},
+                ]
+            ),
+            user("Q2"),
+        ]
+    )
+    req = decode_request(raw)
+    assert req.messages[1].content == (ThinkingBlock("hm", "sig"), TextBlock("A"))
+    assert req.messages[1].text == "A"
+
+
+def test_encode_message_with_thinking_validates_with_sdk() -> None:
+    payload = encode_message(thinking_result(), request_model=MODEL, message_id="msg_01X")
+    assert payload["content"] == [
+        {"type": "thinking", "thinking": "Let me see.", "signature": "c2lnbmF0dXJl"},
+        {"type": "text", "text": "Hello"},
+    ]
+    SDKMessage.model_validate(payload)
+
+
+def test_stream_with_thinking_sends_it_first_and_holds_the_text() -> None:
+    enc = StreamEncoder(MODEL, "msg_01X", thinking=True)
+    raw = enc.start()
+    assert enc.delta(TextDelta("Hel")) == b""  # held until the thinking is known
+    raw += enc.finish(thinking_result())
+    frames = parse_sse(raw)
+    for _, data in frames:
+        _EVENT_ADAPTER.validate_python(data)
+    blocks = [(d["index"], d["delta"]) for e, d in frames if e == "content_block_delta"]
+    assert blocks == [
+        (0, {"type": "thinking_delta", "thinking": "Let me see."}),
+        (0, {"type": "signature_delta", "signature": "c2lnbmF0dXJl"}),
+        (1, {"type": "text_delta", "text": "Hel"}),
+        (1, {"type": "text_delta", "text": "lo"}),
+    ]
+    starts = [d["content_block"] for e, d in frames if e == "content_block_start"]
+    assert starts == [
+        {"type": "thinking", "thinking": "", "signature": ""},
+        {"type": "text", "text": ""},
+    ]
+
+
+def test_result_without_thinking() -> None:
+    assert thinking_result().without_thinking().content == (TextBlock("Hello"),)

@@ -24,6 +24,7 @@ from claude_relay.protocols.model import (
     Message,
     TextBlock,
     TextDelta,
+    ThinkingBlock,
     ToolChoice,
     ToolResultBlock,
     ToolSpec,
@@ -888,3 +889,42 @@ def test_json_schema_reply_checked_against_the_schema() -> None:
     assert "'age' is a required property" in info.value.message
     # without a schema, any JSON value passes
     assert check_reply(JsonFormat("json_schema", name="any"), result("[1]")).text == "[1]"
+
+
+# --- reasoning --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("effort", "budget"),
+    [(None, None), ("none", None), ("minimal", None), ("low", 1024), ("high", 16384)],
+)
+def test_reasoning_effort_is_a_thinking_budget(effort: object, budget: int | None) -> None:
+    assert decode(reasoning_effort=effort).turn.thinking_budget == budget
+
+
+def test_reasoning_effort_rejects_unknown_values() -> None:
+    err = rejected(body(reasoning_effort="huge"))
+    assert err.param == "reasoning_effort"
+    assert err.openai_code == "invalid_value"
+
+
+def thinking_result() -> TurnResult:
+    content = (ThinkingBlock("Let me see.", "sig"), TextBlock("Hello"))
+    return TurnResult(content=content, stop_reason="end_turn", usage=Usage(1, 2))
+
+
+def test_completion_carries_reasoning_content() -> None:
+    payload = encode_completion(
+        thinking_result(), request_model=MODEL, completion_id="c", created=1
+    )
+    message = payload["choices"][0]["message"]
+    assert message["reasoning_content"] == "Let me see."
+    assert message["content"] == "Hello"
+    ChatCompletion.model_validate(payload)
+
+
+def test_stream_sends_reasoning_before_the_held_content() -> None:
+    encoder = StreamEncoder(MODEL, "c", 5, include_usage=False, thinking=True)
+    _, data = run(encoder, ["Hel"], thinking_result())
+    deltas = [c["choices"][0]["delta"] for c in data[1:-1]]
+    assert deltas == [{"reasoning_content": "Let me see."}, {"content": "Hel"}, {"content": "lo"}]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from claude_relay.protocols import errors
-from claude_relay.protocols.model import ImageBlock, Message, TextBlock, TurnRequest
+from claude_relay.protocols.model import ImageBlock, Message, SpawnSpec, TextBlock, TurnRequest
 from claude_relay.pty_pool.broker import SERVER_NAME
 from claude_relay.pty_pool.pool import check_request
 from claude_relay.pty_pool.settings import PoolSettings
@@ -17,8 +17,11 @@ from claude_relay.pty_pool.spawn import (
     MCP_CONFIG_FILE,
     SYSTEM_PROMPT_FILE,
     build_argv,
+    build_env,
+    max_output_bucket,
     private_args,
     spawn_spec,
+    thinking_bucket,
 )
 
 SETTINGS = PoolSettings()
@@ -125,3 +128,47 @@ def test_sessions_are_named_only_where_that_saves_a_title_request(
     assert ("--name" in argv) is named
     if named:
         assert argv[argv.index("--name") + 1] == "api-0123abcd"  # unique: no name clash
+
+
+@pytest.mark.parametrize(
+    ("max_tokens", "bucket"),
+    [(1, 8192), (1024, 8192), (8192, 8192), (8193, 32768), (65536, 65536), (65537, None)],
+)
+def test_max_tokens_is_bucketed(max_tokens: int, bucket: int | None) -> None:
+    assert max_output_bucket(max_tokens) == bucket
+
+
+@pytest.mark.parametrize(
+    ("budget", "bucket"),
+    [(None, 0), (1024, 1024), (2047, 1024), (2048, 2048), (10000, 8192), (4095, 2048)],
+)
+def test_thinking_budget_is_bucketed_down(budget: int | None, bucket: int) -> None:
+    assert thinking_bucket(budget) == bucket
+
+
+def test_limits_reach_claude_as_environment() -> None:
+    base = {"PATH": "/bin", "CLAUDE_CODE_MAX_OUTPUT_TOKENS": "999", "MAX_THINKING_TOKENS": "7"}
+    env = build_env(base, SETTINGS, SpawnSpec(max_output=8192, thinking=0))
+    assert env["CLAUDE_CODE_MAX_OUTPUT_TOKENS"] == "8192"
+    assert env["MAX_THINKING_TOKENS"] == "0"  # thinking off unless the request asked
+    env = build_env(base, SETTINGS, SpawnSpec(max_output=None, thinking=2048))
+    assert "CLAUDE_CODE_MAX_OUTPUT_TOKENS" not in env  # claude's own default: the model's ceiling
+    assert env["MAX_THINKING_TOKENS"] == "2048"
+
+
+def test_requests_in_one_bucket_share_a_spawn_spec() -> None:
+    small = check_request(_req(TextBlock("hi")), SETTINGS)
+    assert small == check_request(
+        TurnRequest(
+            messages=(Message("user", (TextBlock("x"),)),), model="default", max_tokens=4000
+        ),
+        SETTINGS,
+    )
+    assert small == spawn_spec("default", None, SETTINGS)  # the spec the pool keeps warm
+    thinking = TurnRequest(
+        messages=(Message("user", (TextBlock("x"),)),),
+        model="default",
+        max_tokens=4000,
+        thinking_budget=3000,
+    )
+    assert check_request(thinking, SETTINGS).thinking == 2048

@@ -103,3 +103,24 @@ def test_digest_covers_images_and_documents() -> None:
     doc_a = message_digest("user", "", (DocumentBlock("text/plain", text="a"),))
     doc_b = message_digest("user", "", (DocumentBlock("text/plain", text="b"),))
     assert doc_a != doc_b
+
+
+def test_a_single_new_user_turn_continues_a_held_conversation() -> None:
+    s = seen_after_first_turn()
+    spec = SpawnSpec()
+    assert s.continued_by((msg("user", "which number?"),), spec)
+    # the same message again, too: the daemon holds the state, the client sends only the new turn
+    assert s.continued_by((msg("user", "hi"),), spec)
+    # not a continuation: a full history, a final assistant message, other spawn settings,
+    # or an id that holds no conversation yet (the first turn of a new conversation)
+    assert not s.continued_by((msg("user", "hi"), msg("assistant", "x"), msg("user", "y")), spec)
+    assert not s.continued_by((msg("assistant", "x"),), spec)
+    assert not s.continued_by((msg("user", "y"),), SpawnSpec(model="opus"))
+    assert not Sticky(id="n", claude_id="u", spec=spec).continued_by((msg("user", "y"),), spec)
+
+
+def test_output_and_thinking_limits_are_not_part_of_the_conversation() -> None:
+    # another max_tokens bucket restarts claude (--resume), it does not start a new conversation
+    assert spec_digest(SpawnSpec(max_output=8192, thinking=0)) == spec_digest(
+        SpawnSpec(max_output=None, thinking=4096)
+    )

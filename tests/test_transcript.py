@@ -13,6 +13,7 @@ from pathlib import Path
 
 import orjson
 
+from claude_relay.protocols.model import TextBlock, ThinkingBlock
 from claude_relay.pty_pool.transcript import TurnLog, parent_first, repair_order
 
 GOLDEN = Path(__file__).parent / "golden" / "transcripts" / "user-after-reply.jsonl"
@@ -92,3 +93,24 @@ def test_turn_log_skips_claudes_filler_but_not_api_errors() -> None:
     }
     log.add([error])
     assert log.error() is not None
+
+
+def test_thinking_blocks_come_first_with_their_signatures() -> None:
+    # claude (2.1.197, 2.1.332) writes one entry per content block of a message
+    def entry(ts: str, block: dict[str, object]) -> dict[str, object]:
+        message = {"id": "msg_1", "model": "m", "content": [block], "usage": {"output_tokens": 9}}
+        return {"type": "assistant", "timestamp": ts, "message": message}
+
+    log = TurnLog()
+    log.add(
+        [
+            entry(
+                "2026-11-21T22:18:22.100Z",
+                {"type": "thinking", "thinking": "Hm.", "signature": "s1"},
+            ),
+            entry("2026-11-21T22:18:22.200Z", {"type": "text", "text": "Answer."}),
+        ]
+    )
+    result = log.result()
+    assert result.content == (ThinkingBlock("Hm.", "s1"), TextBlock("Answer."))
+    assert result.usage.output_tokens == 9  # one message: its usage counted once
