@@ -13,7 +13,7 @@ import pytest
 from claude_relay.daemon.fake_upstream import FakeUpstream, Reply, Usage
 from tests.support.relay_proc import Relay
 
-pytestmark = pytest.mark.asyncio(loop_scope="session")
+pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.pin_only]
 
 if shutil.which("curl") is None:  # pragma: no cover
     pytest.skip("curl is not installed", allow_module_level=True)

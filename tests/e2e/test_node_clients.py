@@ -38,6 +38,7 @@ NPM_TIMEOUT = 240.0
 # The first test pays for a one-time `npm ci` (about 50 s on the test machine, mostly the
 # registry's latency); later runs find the cache and each case takes about a second.
 pytestmark = [
+    pytest.mark.pin_only,
     pytest.mark.asyncio(loop_scope="session"),
     pytest.mark.timeout(NPM_TIMEOUT + 60),
 ]

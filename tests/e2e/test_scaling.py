@@ -31,7 +31,11 @@ from tests.support.relay_proc import Relay, free_port, start_relay
 HAPROXY_CFG = Path(__file__).resolve().parents[2] / "packaging" / "haproxy" / "haproxy.cfg"
 SID = "X-IR-Session-ID"
 
-pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.timeout(180)]
+pytestmark = [
+    pytest.mark.asyncio(loop_scope="session"),
+    pytest.mark.timeout(180),
+    pytest.mark.pin_only,
+]
 
 if shutil.which("haproxy") is None:  # pragma: no cover - CI installs it (.ci/run)
     pytest.skip("haproxy is not installed", allow_module_level=True)

@@ -42,7 +42,7 @@ BESIDE = "python-daemon"
 # A cold cache downloads the build tools and the dependencies; a warm one takes seconds.
 SETUP_TIMEOUT = 240.0
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.pin_only]
 
 
 @dataclass(frozen=True)
