@@ -19,7 +19,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from claude_relay.daemon import POOL_KEY, RelayPool, cli_ops, dashboard_cli, demo, memory
+from claude_relay.daemon import POOL_KEY, RelayPool, cli_ops, dashboard_cli, demo
 from claude_relay.daemon.app import make_app
 from claude_relay.daemon.auth import exposure_error
 from claude_relay.daemon.config import Config, ConfigError, load_config, resolve_config_file
@@ -159,7 +159,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"claude-relay: error: {refusal}", file=sys.stderr)
         return 2
     setup_logging(config.log_level, config.log_format)
-    memory.limit_arenas()  # before any worker thread exists (daemon/memory.py says why)
     if args.demo:
         return asyncio.run(demo.run(config, lambda c, url: serve(c, demo_url=url)))
     return asyncio.run(serve(config))
@@ -186,7 +185,6 @@ async def serve(
             stop.set()
 
     app = make_app(config, pool=pool, demo_url=demo_url)
-    app.cleanup_ctx.append(memory.trim_lifetime)
     # Signals are handled below (aiohttp's would not know about the second one); the runner adds
     # the socket-level defences: read clocks, the connection cap, JSON for malformed requests.
     runner = RelayRunner(
