@@ -477,15 +477,18 @@ class Session:
                 idle_since = None
             if keys is not None and not started and not st.busy:
                 quiet = now - max(pasted, drawn_t)
-                if quiet > RESUBMIT_AFTER * (resubmitted + 1) and not echoed:
+                if (
+                    quiet > RESUBMIT_AFTER * (resubmitted + 1)
+                    and not echoed
+                    and not self._driver.unread_input()
+                ):
                     # A prompt claude took but has not shown at work yet (a loaded machine)
                     # must not go in twice: the second copy is answered too, and its reply is
                     # joined to this turn's or becomes the next turn's (or both copies land in
                     # the input box as one doubled prompt). Bytes still unread in claude's
                     # terminal were not lost; the transcript may hold the prompt before the
-                    # screen shows it.
-                    if self._driver.unread_input():
-                        continue
+                    # screen shows it. (Unread bytes skip only the re-paste: a claude that
+                    # never reads them still meets the give-up below.)
                     if self._tail.path is None:
                         self._tail.path = self._transcript_path()
                     turn_log.add(await asyncio.to_thread(self._tail.read))
