@@ -3,7 +3,6 @@ both API shapes, byte-level checks of what a shell user sees."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 import pytest
 
 from claude_relay.daemon.fake_upstream import FakeUpstream, Reply, Usage
+from tests.support.client_proc import run_client
 from tests.support.relay_proc import Relay
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.pin_only]
@@ -27,7 +27,7 @@ PROSE = "\n\n".join(" ".join(f"c{p}w{i}" for i in range(30)) for p in range(3)) 
 async def curl(relay: Relay, path: str, body: dict[str, Any]) -> tuple[int, str, str]:
     """POST `body` with `curl -sN` (no buffering, as for a stream); returns status, content type
     and the response body."""
-    proc = await asyncio.create_subprocess_exec(
+    out = await run_client(
         "curl",
         "-sSN",
         relay.url + path,
@@ -37,18 +37,7 @@ async def curl(relay: Relay, path: str, body: dict[str, Any]) -> tuple[int, str,
         json.dumps(body),
         "-w",
         "\n%{http_code} %{content_type}",
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
     )
-    try:
-        async with asyncio.timeout(45):
-            out, err = await proc.communicate()
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    assert proc.returncode == 0, err.decode(errors="replace")
     text, _, trailer = out.decode().rpartition("\n")
     status, _, content_type = trailer.partition(" ")
     return int(status), content_type, text

@@ -8,7 +8,6 @@ so a fresh clone needs only node and npm, which the pinned claude CLI needs anyw
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import os
@@ -22,6 +21,7 @@ from typing import Any
 import pytest
 
 from claude_relay.daemon.fake_upstream import FakeUpstream, RecordedRequest, Reply, ToolUse, Usage
+from tests.support.client_proc import run_client
 from tests.support.relay_proc import Relay
 
 REPO = Path(__file__).resolve().parents[2]
@@ -99,24 +99,7 @@ async def node(scripts: Path, script: str, case: str, relay: Relay) -> Any:
     """Run one case and return the JSON it printed."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "OPENAI_"))}
     env["RELAY_URL"] = relay.url
-    proc = await asyncio.create_subprocess_exec(
-        "node",
-        str(scripts / script),
-        case,
-        env=env,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        async with asyncio.timeout(45):
-            out, err = await proc.communicate()
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    assert proc.returncode == 0, err.decode(errors="replace")
-    return json.loads(out)
+    return json.loads(await run_client("node", str(scripts / script), case, env=env))
 
 
 def has_tool_result(request: RecordedRequest) -> bool:
