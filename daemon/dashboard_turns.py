@@ -7,15 +7,15 @@ way `daemon.metrics.MeteredPool` does, without touching the routes or `pty_pool`
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Final
 
 from claude_relay.daemon import RelayPool, TurnHandle
+from claude_relay.daemon.metrics import ObservedEvents
 from claude_relay.daemon.pool_proxy import PoolProxy
 from claude_relay.protocols.errors import RelayError
 from claude_relay.protocols.model import TextDelta, TurnEvent, TurnRequest, TurnResult
@@ -101,7 +101,7 @@ class _RecordedTurn:
         except RelayError as err:
             self.failed(err, outcome="rejected")
             raise
-        return _RecordedEvents(events, self)
+        return ObservedEvents(events, self)
 
     async def __aexit__(
         self,
@@ -113,6 +113,10 @@ class _RecordedTurn:
             self.record.outcome = "error" if isinstance(exc, Exception) else "abandoned"
             self.record.duration_ms = self.ms()
         await self._inner.__aexit__(exc_type, exc, tb)
+
+    def raised(self, exc: Exception) -> None:
+        if isinstance(exc, RelayError):
+            self.failed(exc)
 
     def failed(self, err: RelayError, *, outcome: str = "error") -> None:
         record = self.record
@@ -135,29 +139,3 @@ class _RecordedTurn:
             record.output_tokens = ev.usage.output_tokens
             if record.first_text_ms is None and ev.text:
                 record.first_text_ms = record.duration_ms
-
-
-class _RecordedEvents:
-    """The turn's events, passed through unchanged (a plain iterator, as in daemon.metrics, so
-    a handler that stops reading leaves no generator behind)."""
-
-    def __init__(self, source: AsyncIterable[TurnEvent], turn: _RecordedTurn) -> None:
-        self._source = source
-        self._it: AsyncIterator[TurnEvent] | None = None
-        self._turn = turn
-
-    def __aiter__(self) -> _RecordedEvents:
-        return self
-
-    async def __anext__(self) -> TurnEvent:
-        if self._it is None:
-            self._it = aiter(self._source)
-        try:
-            ev = await anext(self._it)
-        except (StopAsyncIteration, asyncio.CancelledError):
-            raise
-        except RelayError as err:
-            self._turn.failed(err)
-            raise
-        self._turn.saw(ev)
-        return ev

@@ -13,7 +13,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
 from types import TracebackType
-from typing import Final
+from typing import Final, Protocol
 
 import prometheus_client
 from aiohttp import web
@@ -201,6 +201,14 @@ class MeteredPool(PoolProxy):
         return _MeteredTurn(self.inner.open_turn(request), self.metrics)
 
 
+class TurnObserver(Protocol):
+    """What ObservedEvents shows a turn's events and errors to."""
+
+    def saw(self, ev: TurnEvent) -> None: ...
+
+    def raised(self, exc: Exception) -> None: ...
+
+
 class _MeteredTurn:
     """Same surface as the pool's turn handle; records what happens to the turn."""
 
@@ -218,7 +226,7 @@ class _MeteredTurn:
             self._metrics.rejections.labels(err.anthropic_type).inc()
             raise
         self._admitted_at = time.monotonic()
-        return _MeteredEvents(events, self)
+        return ObservedEvents(events, self)
 
     async def __aexit__(
         self,
@@ -258,26 +266,31 @@ class _MeteredTurn:
         tokens.labels("cache_creation_input").inc(u.cache_creation_input_tokens)
         self._finish("ok")
 
+    def raised(self, exc: Exception) -> None:
+        # an unexpected error is what the edge renders it as: api_error
+        self.failed(exc.anthropic_type if isinstance(exc, RelayError) else "api_error")
+
     def failed(self, error_type: str) -> None:
         self._metrics.upstream_errors.labels(error_type).inc()
         if self._outcome is None:
             self._finish("error")
 
 
-class _MeteredEvents:
-    """The turn's events, passed through unchanged.
+class ObservedEvents:
+    """A turn's events, passed through unchanged, each shown to `observer` (and an error before
+    it propagates). Shared by the metrics here and the dashboard's turn list.
 
     A plain iterator class, not an async generator: the handler may stop reading at any point,
     and an abandoned generator would linger until garbage collection. The inner iterator is
     only created when the handler starts iterating, as the pool expects.
     """
 
-    def __init__(self, source: AsyncIterable[TurnEvent], turn: _MeteredTurn) -> None:
+    def __init__(self, source: AsyncIterable[TurnEvent], observer: TurnObserver) -> None:
         self._source = source
         self._it: AsyncIterator[TurnEvent] | None = None
-        self._turn = turn
+        self._observer = observer
 
-    def __aiter__(self) -> _MeteredEvents:
+    def __aiter__(self) -> ObservedEvents:
         if self._it is None:
             self._it = aiter(self._source)
         return self
@@ -289,13 +302,10 @@ class _MeteredEvents:
             ev = await anext(self._it)
         except (StopAsyncIteration, asyncio.CancelledError):
             raise
-        except RelayError as err:
-            self._turn.failed(err.anthropic_type)
+        except Exception as exc:
+            self._observer.raised(exc)
             raise
-        except Exception:
-            self._turn.failed("api_error")  # what the edge renders an unexpected error as
-            raise
-        self._turn.saw(ev)
+        self._observer.saw(ev)
         return ev
 
 
