@@ -45,6 +45,7 @@ MATRIX_ARGS = ("--warm", "1", "--max-busy", "2", "--max-queue", "2")
 MATRIX_ENV = {"stall_timeout": "4", "max_retries": "1"}
 SHAPES: tuple[tuple[Api, bool], ...] = (("anthropic", False), ("openai", True))
 SLOT_FREED_TARGET = 1.5  # seconds for busy to return to 0 after a client disconnect
+DEFAULT_TARGET = 2.0  # seconds for the pool to be healthy again after a fault
 _seq = itertools.count(1)
 
 
@@ -239,7 +240,9 @@ def upstream_row(
 
 async def _disconnect(env: Env, api: Api, stream: bool) -> Row:
     shape = f"{api} {'stream' if stream else 'JSON'}"
-    row = Row(f"client disconnect · {shape}", f"busy 0 within {SLOT_FREED_TARGET:g}s")
+    # A looser --target (the CI slice on a shared machine) loosens this one in proportion.
+    slot_target = SLOT_FREED_TARGET * max(1.0, env.target / DEFAULT_TARGET)
+    row = Row(f"client disconnect · {shape}", f"busy 0 within {slot_target:g}s")
     await quiet(env)
     tok = token()
     env.up.on(tok, slow(25))
@@ -275,7 +278,7 @@ async def _disconnect(env: Env, api: Api, stream: bool) -> Row:
         row.note = f"claude hung up on the upstream {rec.finished_time - left:.2f}s after"
     else:
         row.note = "the upstream reply ran to its end (claude not interrupted)"
-    return await recovered(env, row, freed is not None and freed <= SLOT_FREED_TARGET)
+    return await recovered(env, row, freed is not None and freed <= slot_target)
 
 
 async def disconnect_json(env: Env) -> Row:
@@ -544,7 +547,7 @@ QUICK = (
 )
 
 
-async def run_matrix(names: Sequence[str], *, target: float = 2.0) -> Report:
+async def run_matrix(names: Sequence[str], *, target: float = DEFAULT_TARGET) -> Report:
     """Run the named rows (in ROWS order) and the end-of-run checks."""
     report = Report()
     watch = rel.ProcWatch()
@@ -611,7 +614,7 @@ def main() -> int:
     ap.add_argument("--claude", help="claude binary path or version (default: the pin)")
     ap.add_argument("--only", nargs="*", choices=list(ROWS), help="run only these rows")
     ap.add_argument("--quick", action="store_true", help="only the CI slice's rows")
-    ap.add_argument("--target", type=float, default=2.0, help="seconds to healthy again")
+    ap.add_argument("--target", type=float, default=DEFAULT_TARGET, help="seconds to healthy again")
     args = ap.parse_args()
     _, cli = rel.use_claude(args.claude)
     names = args.only or (QUICK if args.quick else tuple(ROWS))

@@ -63,7 +63,9 @@ async def test_call(relay: Relay, up: FakeUpstream, make: Any) -> None:
 @pytest.mark.parametrize("make", [openai_chat, anthropic_chat], ids=["openai", "anthropic"])
 async def test_stream(relay: Relay, up: FakeUpstream, make: Any) -> None:
     text = " ".join(f"word{i}" for i in range(60)) + "."
-    up.push(Reply(text=text, chunk_chars=15, delay=0.02))
+    # Paced well beyond the ~100 ms screen poll so the text arrives in several pieces even on a
+    # loaded machine (at 20 ms a chunk it once came through as one delta in CI).
+    up.push(Reply(text=text, chunk_chars=30, delay=0.2))
     pieces: list[str] = []
     async for chunk in make(relay).astream("talk"):
         if isinstance(chunk.content, str):
