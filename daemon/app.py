@@ -25,6 +25,7 @@ from claude_relay.daemon import (
     routes_openai,
     routes_ops,
     routes_sessions,
+    turns,
 )
 from claude_relay.daemon.auth import make_auth_middleware
 from claude_relay.daemon.config import Config
@@ -98,6 +99,7 @@ def make_app(
     )
     if demo_url is not None:
         app[demo.DEMO_KEY] = demo_url
+        app[turns.MODEL_OVERRIDE] = demo.DEMO_MODEL
     app[CONFIG_KEY] = config
     app[METRICS_KEY] = Metrics()
     license = license_source

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -159,9 +160,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"claude-relay: error: {refusal}", file=sys.stderr)
         return 2
     setup_logging(config.log_level, config.log_format)
-    if args.demo:
-        return asyncio.run(demo.run(config, lambda c, url: serve(c, demo_url=url)))
-    return asyncio.run(serve(config))
+    with _blocking_detector(env):
+        if args.demo:
+            return asyncio.run(demo.run(config, lambda c, url: serve(c, demo_url=url)))
+        return asyncio.run(serve(config))
+
+
+# The e2e tests run every daemon with this set: a blocking call that the relay's own code makes
+# on the event loop (file I/O, sleep, a blocking socket or process call) then raises instead of
+# stalling every other request, so the test that caused it fails and names the call.
+DETECT_BLOCKING_ENV = "CLAUDE_RELAY_DETECT_BLOCKING"
+
+
+def _blocking_detector(env: os._Environ[str]) -> contextlib.AbstractContextManager[object]:
+    if env.get(DETECT_BLOCKING_ENV) != "1":
+        return contextlib.nullcontext()
+    from blockbuster import blockbuster_ctx  # noqa: PLC0415 (a dev dependency: only when asked)
+
+    log.info("%s=1: blocking calls on the event loop raise", DETECT_BLOCKING_ENV)
+    return blockbuster_ctx("claude_relay")
 
 
 def _url(host: str, port: int) -> str:

@@ -86,6 +86,8 @@ class Config:
     max_sticky: int = 16  # live sticky sessions; beyond that new ids get 529 + retry-after
     max_parked: int = 16  # claudes parked in tool calls; beyond that the oldest is let go
     max_sticky_queue: int = 4  # calls queued behind a running one per sticky id; then 529
+    max_kept: int = 2  # claudes kept with a stateless conversation for its next call; 0: off
+    kept_idle_timeout: float = 300.0  # seconds a kept claude waits for its conversation's next call
     tool_result_timeout: float = 600.0  # seconds a parked tool call waits for its tool_result
     agent_tools: str | None = None  # comma-separated claude built-in tools to enable (agent mode)
     ping_interval: float = 10.0  # idle seconds before an SSE ping keeps proxies from timing out
@@ -157,6 +159,8 @@ class Config:
             max_sticky=self.max_sticky,
             max_parked=self.max_parked,
             max_sticky_queue=self.max_sticky_queue,
+            max_kept=self.max_kept,
+            kept_idle_timeout=self.kept_idle_timeout,
             tool_result_timeout=self.tool_result_timeout,
             agent_tools=tuple(t.strip() for t in (self.agent_tools or "").split(",") if t.strip()),
             attachments_dir=self.attachments_dir,
@@ -217,6 +221,8 @@ _SPECS: Final[dict[str, _Spec]] = {
     "max_sticky": _Int(1, 10000),
     "max_parked": _Int(1, 10000),
     "max_sticky_queue": _Int(0, 10000),
+    "max_kept": _Int(0, 1000),
+    "kept_idle_timeout": _Float(0, lo_open=True),
     "tool_result_timeout": _Float(0, lo_open=True),
     "agent_tools": _Str(optional=True),
     "ping_interval": _Float(0, lo_open=True),

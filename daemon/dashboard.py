@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from importlib import resources
@@ -67,14 +68,19 @@ SCREENS_KEY: Final = web.AppKey("dashboard_pool", Pool)  # absent for test pools
 _STOP_KEY: Final = web.AppKey("dashboard_stop", asyncio.Event)
 
 
+@functools.cache
 def _asset(name: str) -> bytes:
+    """A page file's bytes; blocking the first time (a file read): call through a thread."""
     return (resources.files("claude_relay.daemon") / "static" / name).read_bytes()
 
 
 async def shell(request: web.Request) -> web.Response:
     name = _SHELL[request.path]
     return web.Response(
-        body=_asset(name), content_type=_ASSETS[name], charset="utf-8", headers=_SHELL_HEADERS
+        body=await asyncio.to_thread(_asset, name),
+        content_type=_ASSETS[name],
+        charset="utf-8",
+        headers=_SHELL_HEADERS,
     )
 
 

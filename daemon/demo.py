@@ -39,13 +39,8 @@ from claude_relay.pty_pool.files import write_private
 log = logging.getLogger(__name__)
 
 DEMO_MODEL: Final = "demo"
-# Routes whose JSON body names a model claude should run with (with and without /v1).
-_TURN_PATHS: Final = frozenset(
-    {"/v1/messages", "/messages", "/v1/chat/completions", "/chat/completions"}
-)
 _HEALTH_PATHS: Final = frozenset({"/v1/health", "/health"})
 _KEEP_RECORDS: Final = 50  # the stand-in records every request; a long demo keeps the last few
-_BIG_BODY: Final = 256 * 1024  # parse larger bodies off the loop, as the routes do
 # Streamed like a model writes: a few characters at a time, fast enough for CI.
 _CHUNK: Final = 24
 _DELAY: Final = 0.02
@@ -265,28 +260,8 @@ def _quiet_key_warning() -> Iterator[None]:
         license_log.removeFilter(keep)
 
 
-async def _rewrite_model(request: web.Request) -> None:
-    """Replace the JSON body's `model` with "demo" before the route reads it."""
-    body = await request.read()
-    try:
-        if len(body) > _BIG_BODY:
-            data = await asyncio.to_thread(orjson.loads, body)
-        else:
-            data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return  # the route reports the bad body in its own error shape
-    if not isinstance(data, dict) or not isinstance(data.get("model"), str):
-        return
-    data["model"] = DEMO_MODEL
-    # aiohttp keeps the body read() returned; the route's own read() gets this one. There is no
-    # public way to hand a route another body, and the routes need not know about demo mode.
-    request._read_bytes = orjson.dumps(data)
-
-
 @web.middleware
 async def demo_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.method == "POST" and request.path in _TURN_PATHS and request.body_exists:
-        await _rewrite_model(request)
     response = await handler(request)
     if request.path in _HEALTH_PATHS and isinstance(response, web.Response) and response.body:
         data = orjson.loads(bytes(response.body))  # type: ignore[arg-type]

@@ -114,6 +114,7 @@ async def _call(
     if not isinstance(tool_use_id, str):
         # claude (v2.1.197) always sends it; without it a result could not be matched
         tool_use_id = f"call-{channel.token[:8]}-{rid}"
+    log.info("claude called tool %s (%s)", name, tool_use_id)
     calls = request.app[_CALLS_KEY]
     key = (channel.token, repr(rid))
     calls[key] = tool_use_id

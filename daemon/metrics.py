@@ -10,6 +10,7 @@ with the process collector: the daemon's RSS and open fds are what a PTY pool ru
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
 from types import TracebackType
@@ -114,6 +115,7 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self._render_lock = threading.Lock()  # render() runs in threads; one scrape at a time
         reg = self.registry
         self.requests = Counter(
             _PREFIX + "http_requests_total",
@@ -177,13 +179,15 @@ class Metrics:
         version: str,
         claude_version: str | None,
     ) -> str:
-        s = self._scrape
-        s.stats = stats
-        s.claude_available = claude_available
-        s.logged_in = logged_in
-        s.version = version
-        s.claude_version = claude_version
-        return prometheus_client.generate_latest(self.registry).decode()
+        """The exposition text. Blocking (the process collector reads /proc): use a thread."""
+        with self._render_lock:
+            s = self._scrape
+            s.stats = stats
+            s.claude_available = claude_available
+            s.logged_in = logged_in
+            s.version = version
+            s.claude_version = claude_version
+            return prometheus_client.generate_latest(self.registry).decode()
 
 
 METRICS_KEY: Final = web.AppKey("metrics", Metrics)

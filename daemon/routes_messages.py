@@ -36,6 +36,7 @@ async def post_messages(request: web.Request) -> web.StreamResponse:
         session_header=request.headers.get(SESSION_HEADER),
         attachment_limits=turns.attachment_limits(request),
     )
+    turn_request = turns.with_app_model(request, turn_request)
     info.model = turn_request.model
     info.stream = turn_request.stream
     log.debug("messages request: %r", turn_request, extra={"request_id": info.request_id})

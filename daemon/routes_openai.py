@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 
 import orjson
 from aiohttp import web
@@ -36,6 +37,7 @@ async def post_chat_completions(request: web.Request) -> web.StreamResponse:
         session_header=request.headers.get(SESSION_HEADER),
         attachment_limits=turns.attachment_limits(request),
     )
+    chat = replace(chat, turn=turns.with_app_model(request, chat.turn))
     info.model = chat.turn.model
     info.stream = chat.turn.stream
     log.debug("chat request: %r", chat, extra={"request_id": info.request_id})

@@ -7,6 +7,7 @@ runs one check (bounded by the probe timeout) because the caller asked for exact
 
 from __future__ import annotations
 
+import asyncio
 import platform
 import sys
 from functools import cache
@@ -22,10 +23,16 @@ from claude_relay.daemon.metrics import CONTENT_TYPE, METRICS_KEY
 
 @cache
 def relay_version() -> str:
+    """The installed package's version. Blocking the first time (it searches sys.path):
+    routes call `version_now`."""
     try:
         return metadata.version("claude-relay")
     except metadata.PackageNotFoundError:  # run from a source tree that was never installed
         return "0+unknown"
+
+
+async def version_now() -> str:
+    return await asyncio.to_thread(relay_version)
 
 
 def _json(body: object) -> web.Response:
@@ -48,7 +55,7 @@ async def get_version(request: web.Request) -> web.Response:
     state = request.app[LICENSE_KEY].state
     return _json(
         {
-            "relay": relay_version(),
+            "relay": await version_now(),
             "platform": sys.platform,
             "arch": platform.machine(),
             "python": platform.python_version(),
@@ -77,11 +84,13 @@ async def post_license_refresh(request: web.Request) -> web.Response:
 async def get_metrics(request: web.Request) -> web.Response:
     pool = request.app[POOL_KEY]
     state = request.app[LICENSE_KEY].state
-    text = request.app[METRICS_KEY].render(
-        pool.stats(),
+    version = await version_now()
+    text = await asyncio.to_thread(
+        request.app[METRICS_KEY].render,
+        dict(pool.stats()),
         claude_available=pool.claude_error is None,
         logged_in=state.auth.logged_in if state.auth is not None else None,
-        version=relay_version(),
+        version=version,
         claude_version=state.version,
     )
     # The exposition format's content type has a version parameter, which `content_type=` in

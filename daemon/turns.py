@@ -15,7 +15,7 @@ import os
 from collections.abc import AsyncIterable, Callable
 from contextlib import aclosing
 from dataclasses import replace
-from typing import ParamSpec, Protocol, TypeVar
+from typing import Final, ParamSpec, Protocol, TypeVar
 from weakref import WeakKeyDictionary
 
 from aiohttp import web
@@ -37,6 +37,9 @@ _T = TypeVar("_T")
 # Bodies above this are decoded in a thread: base64 and JSON of many megabytes are CPU work that
 # would stall every other request's stream. (PDF text is read later, in a child process.)
 DECODE_IN_THREAD_BYTES = 256 * 1024
+# Set only in demo mode (daemon.demo): every turn runs with this model, whatever the body named,
+# and replies carry it. The body is still checked as sent.
+MODEL_OVERRIDE: Final = web.AppKey("model_override", str)
 # Each app's PDF gate, made on its first PDF (an AppKey would have to be set before it starts).
 _PDF_GATES: WeakKeyDictionary[web.Application, pdf_worker.PdfGate] = WeakKeyDictionary()
 
@@ -46,6 +49,12 @@ async def decode(body: bytes, fn: Callable[_P, _T], *args: _P.args, **kwargs: _P
     if len(body) > DECODE_IN_THREAD_BYTES:
         return await asyncio.to_thread(fn, *args, **kwargs)
     return fn(*args, **kwargs)
+
+
+def with_app_model(request: web.Request, req: TurnRequest) -> TurnRequest:
+    """`req` with the app's model override (`MODEL_OVERRIDE`) applied, if it has one."""
+    model = request.app.get(MODEL_OVERRIDE)
+    return req if model is None else replace(req, model=model)
 
 
 def attachment_limits(request: web.Request) -> AttachmentLimits:

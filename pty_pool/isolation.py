@@ -27,6 +27,7 @@ against a HOME with hooks, CLAUDE.md files and an MCP server of its own.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -107,7 +108,10 @@ def flag_settings(settings: PoolSettings, cli_version: str | None = None) -> dic
     return out
 
 
+@functools.cache
 def _false_binary() -> str:
+    """Blocking (a PATH search) the first time: `prepare`, run in a thread at pool start, asks
+    first, so spawns on the loop find it cached."""
     return shutil.which("false") or "/bin/false"
 
 
@@ -173,6 +177,7 @@ def prepare(settings: PoolSettings, user_env: Mapping[str, str]) -> Path:
 
     Safe to repeat while claudes run: only the relay's keys change, atomically.
     """
+    _false_binary()  # found here, in a thread, not by the first spawn on the event loop
     cfg = relay_config_dir(settings)
     cfg.mkdir(parents=True, exist_ok=True, mode=0o700)
     cfg.chmod(0o700)

@@ -33,6 +33,7 @@ from claude_relay.protocols.model import (
     ToolResultBlock,
     TurnEvent,
     TurnRequest,
+    TurnResult,
 )
 from claude_relay.protocols.render import render_parts
 from claude_relay.protocols.tools import trailing_results
@@ -170,6 +171,9 @@ class Turn:
             return
         await self._take_slot()
         session: Session | None = None
+        spec: SpawnSpec | None = None
+        result: TurnResult | None = None
+        streamed: list[str] = []
         try:
             # tool results for calls a claude is parked in: that claude answers (stateless
             # clients resend the whole history, so the tool_use ids are the routing key)
@@ -180,16 +184,28 @@ class Turn:
                     yield ev
                 return
             spec = self._spec or check_request(req, pool.settings)
-            prompt = await self._prompt(files, req.messages)
+            # a history that extends a conversation a kept claude holds continues there: only
+            # the new messages are pasted (no spawn, no replay of the whole history)
+            kept = pool._take_kept(req, spec)
             for attempt in (1, 2):
-                session = await pool._acquire(spec)
+                if kept is not None and attempt == 1:
+                    session, known = kept
+                    pool._busy.add(session)
+                    prompt = await self._prompt(files, req.messages[known:])
+                else:
+                    prompt = await self._prompt(files, req.messages)
+                    session = await pool._acquire(spec)
                 try:
                     async for ev in session.run_turn(prompt, req.tools, req.tool_choice):
+                        if isinstance(ev, TextDelta):
+                            streamed.append(ev.text)
+                        else:
+                            result = ev
                         yield ev
                     break
                 except ClaudeExited as exc:
-                    # a warm claude that died unnoticed before taking the prompt, or one that
-                    # did not take an image: use another
+                    # a warm (or kept) claude that died unnoticed before taking the prompt, or
+                    # one that did not take an image: use another, with the whole history
                     if exc.answered or attempt == 2 or pool._closing:
                         if isinstance(exc, ImageNotTaken):
                             raise exc.as_request_error() from exc
@@ -202,6 +218,8 @@ class Turn:
             if session is not None:
                 if session.state == "parked":
                     pool._park(session, None, req.owner)
+                elif result is not None and session.state == "ready" and session.alive:
+                    pool._keep(session, spec, req, result, "".join(streamed))
                 else:
                     pool._release(session)
 
@@ -403,15 +421,20 @@ class Pool:
         self.deaths = 0
         self.started = time.time()
         self._sticky: dict[str, Sticky] = {}
+        # stateless conversations whose claude is kept after its turn (least recently used
+        # first), bounded by max_kept: a call re-sending that history plus a new turn goes on
+        self._kept: OrderedDict[Session, Sticky] = OrderedDict()
+        self.kept_hits = 0  # calls that continued on a kept claude
         state = settings.state_file or settings.workspace.parent / "sessions.json"
         self._store = StickyStore(state)
+        self._persisted = 0  # version of the last sticky map handed to the store
         self.attachments_root = isolation.attachments_root(settings)
 
     # --- lifetime ------------------------------------------------------------------------------
     async def start(self) -> None:
         """Begin warming sessions in the background; never raises for a missing claude binary."""
         self._spawn_task(self._sweep_attachments(), "sweep attachments")
-        self._binary = find_claude(self.settings.claude_bin)
+        self._binary = await asyncio.to_thread(find_claude, self.settings.claude_bin)
         if self._binary is None:
             self._claude_error = (
                 f"claude binary not found: {self.settings.claude_bin!r} "
@@ -461,6 +484,8 @@ class Pool:
         # sticky claudes stop too; their ids stay in the state file and resume after a restart
         sessions += [st.session for st in self._sticky.values() if st.session is not None]
         sessions += [p.session for p in self._parked.values()]
+        sessions += list(self._kept)
+        self._kept.clear()
         for entry in list(self._parked.values()):
             self._forget(entry)
         sessions = list(dict.fromkeys(sessions))
@@ -600,6 +625,63 @@ class Pool:
                 self._failed.popitem(last=False)
             self._recent.pop(spec, None)
             self._wake.set()
+
+    # --- kept stateless conversations ---------------------------------------------------------
+    def _keep(
+        self,
+        session: Session,
+        spec: SpawnSpec | None,
+        req: TurnRequest,
+        result: TurnResult,
+        streamed: str,
+    ) -> None:
+        """After a stateless turn: keep its claude with the digests of what it now holds, the
+        least recently used one beyond `max_kept` closed; or dispose of it as before."""
+        if self.settings.max_kept == 0 or spec is None or self._closing:
+            self._release(session)
+            return
+        self._busy.discard(session)
+        self._idle.set()
+        seen = [[message_digest(m.role, m.text, m.content)] for m in req.messages]
+        seen.append(
+            sorted(
+                {
+                    message_digest("assistant", result.text, result.content),
+                    message_digest("assistant", streamed, result.content),
+                }
+            )
+        )
+        entry = Sticky(id="", claude_id=session.id, spec=spec, owner=req.owner, seen=seen)
+        entry.session = session
+        self._kept[session] = entry
+        while len(self._kept) > self.settings.max_kept:
+            old, _ = self._kept.popitem(last=False)
+            self._spawn_task(old.close(), "drop kept")
+        self._wake.set()
+
+    def _take_kept(self, req: TurnRequest, spec: SpawnSpec) -> tuple[Session, int] | None:
+        """The kept claude whose conversation `req`'s history extends (same caller, same spawn
+        settings, every earlier message identical), taken out of the kept set, and how many of
+        the messages it already holds."""
+        if not self._kept or len(req.messages) < 3:
+            return None
+        for session, entry in reversed(self._kept.items()):
+            if entry.owner != req.owner or not session.alive or session.state != "ready":
+                continue
+            known = entry.extended_by(req.messages, spec)
+            if known is not None:
+                del self._kept[session]
+                self.kept_hits += 1
+                return session, known
+        return None
+
+    def _prune_kept(self, idle: float) -> None:
+        """Close kept claudes that died, or that nobody continued for `idle` seconds."""
+        now = time.time()
+        for session, entry in list(self._kept.items()):
+            if not session.alive or session.state != "ready" or now - entry.last_used > idle:
+                del self._kept[session]
+                self._spawn_task(session.close(), "drop kept")
 
     def _release(self, session: Session) -> None:
         self._busy.discard(session)
@@ -762,7 +844,13 @@ class Pool:
         entry = self._sticky.get(key)
         if entry is not None:
             return entry
-        live = sum(1 for s in self._sticky.values() if s.session is not None and s.session.alive)
+        # ids whose first call is still starting its claude count too: calls on many new ids at
+        # once must not pass the check together
+        live = sum(
+            1
+            for s in self._sticky.values()
+            if (s.session is not None and s.session.alive) or s.lock.locked() or s.queued
+        )
         if live >= self.settings.max_sticky:
             raise errors.OverloadedError(
                 f"claude-relay holds its maximum of {self.settings.max_sticky} sticky sessions; "
@@ -813,8 +901,10 @@ class Pool:
         return session
 
     async def _persist(self) -> None:
+        # the map and its version are taken together, on the loop: the store keeps the newest
+        self._persisted += 1
         entries = {sid: s.to_json() for sid, s in self._sticky.items() if s.seen}
-        await asyncio.to_thread(self._store.save, entries)
+        await asyncio.to_thread(self._store.save, entries, self._persisted)
 
     async def _sweep_attachments(self) -> None:
         """Remove attachment directories a crashed daemon left (at once, then now and then);
@@ -835,11 +925,14 @@ class Pool:
 
     async def _reap_idle(self) -> None:
         idle = self.settings.sticky_idle_timeout
+        kept_idle = self.settings.kept_idle_timeout
         while not self._closing:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._closed.wait(), min(60.0, max(0.5, idle / 4)))
+                wait = min(60.0, max(0.5, min(idle, kept_idle) / 4))
+                await asyncio.wait_for(self._closed.wait(), wait)
             if self._closing:
                 return
+            self._prune_kept(kept_idle)
             now = time.time()
             stale = [
                 s for s in self._sticky.values() if now - s.last_used > idle and not s.lock.locked()
@@ -911,7 +1004,8 @@ class Pool:
     def live_sessions(self) -> list[tuple[str, Session, str | None, str | None]]:
         """Every live claude as (role, session, sticky id, owner tenant), read-only, for the
         dashboard's screen mirror. Roles: sticky, parked (stateless calls waiting for results),
-        busy (a stateless turn; its owner is not recorded, so None) and warm."""
+        kept (a stateless conversation kept for its next call), busy (a stateless turn; its
+        owner is not recorded, so None) and warm."""
         out: list[tuple[str, Session, str | None, str | None]] = []
         seen: set[Session] = set()
         for st in self._sticky.values():
@@ -922,6 +1016,10 @@ class Pool:
             if entry.session not in seen and entry.session.alive:
                 out.append(("parked", entry.session, None, entry.owner))
                 seen.add(entry.session)
+        out += [
+            ("kept", s, None, e.owner) for s, e in self._kept.items() if s not in seen and s.alive
+        ]
+        seen |= set(self._kept)
         out += [("busy", s, None, None) for s in self._busy if s not in seen and s.alive]
         seen |= self._busy
         out += [("warm", s, None, None) for v in self._warm.values() for s in v if s not in seen]
@@ -934,12 +1032,13 @@ class Pool:
         sticky = {
             s.session for s in self._sticky.values() if s.session is not None and s.session.alive
         }
+        kept = {s for s in self._kept if s.alive}
         return {
             "warm": warm,
             "busy": len(self._busy),
             "starting": starting,
             "queued": self._waiting,
-            "sessions": warm + starting + len(self._busy | sticky),
+            "sessions": warm + starting + len(self._busy | sticky | kept),
             "max_busy": self.settings.max_busy,
             "max_queue": self.settings.max_queue,
             "spawned": self.spawned,
@@ -947,6 +1046,9 @@ class Pool:
             "sticky": len(sticky),
             "max_sticky": self.settings.max_sticky,
             "parked": len({id(p) for p in self._parked.values()}),
+            "kept": len(kept),
+            "max_kept": self.settings.max_kept,
+            "kept_hits": self.kept_hits,
         }
 
     @property

@@ -69,6 +69,9 @@ TRANSCRIPT_GRACE = 3.0  # idle screen but no turn_duration yet: give the file th
 READY_QUIET = 0.25
 RESUBMIT_AFTER = 1.5  # no echo, not busy, empty input this long after a paste: it was lost
 PROMPT_LOST_AFTER = 10.0  # after the resubmits, a screen still this long: claude did not take it
+# A turn still running this long is logged once with what it waits on (the screen, the parked
+# calls, the transcript's state): a slow turn's cause is otherwise invisible in the log.
+SLOW_TURN_LOG = 30.0
 TOOLS_LISTED_TIMEOUT = 5.0  # claude re-lists tools at once on list_changed (~10 ms measured)
 TOOLS_LIST_TRIES = 2
 # ...but applies the new list a moment later: a prompt sent right after the re-list still went out
@@ -179,7 +182,7 @@ class Session:
     async def start(self) -> None:
         """Spawn claude and wait until its prompt is ready. Raises RelayError with the screen."""
         if self._resume:
-            await asyncio.to_thread(repair_order, self._transcript_path())
+            await asyncio.to_thread(lambda: repair_order(self._transcript_path()))
         try:
             self._tmp = await asyncio.to_thread(
                 attachments.TurnFiles.create, claude_tmp_root(self.settings)
@@ -235,7 +238,7 @@ class Session:
                     "(its screen is in the daemon's log)",
                     category="not_ready",
                 )
-        self._tail.path = self._transcript_path()
+        self._tail.path = await asyncio.to_thread(self._transcript_path)
         if self._tail.path is not None:  # resumed: skip what earlier turns wrote
             await asyncio.to_thread(self._tail.read)
         self.state = "ready"
@@ -260,6 +263,8 @@ class Session:
         )
 
     def _transcript_path(self) -> Path | None:
+        """Where claude writes this conversation, once it exists. Blocking (a stat, or a scan of
+        the projects directory): call through a thread."""
         guess = (
             self._cfg
             / "projects"
@@ -404,6 +409,7 @@ class Session:
         seq = -1
         last_read = 0.0
         looks_done = False
+        slow_logged = False
         channel = self.channel
         while True:
             # once the screen says the turn is over, only the transcript is awaited: poll it
@@ -456,7 +462,7 @@ class Session:
             if looks_done or parked or now - last_read > 0.25 or resp.interrupted:
                 last_read = now
                 if self._tail.path is None:
-                    self._tail.path = self._transcript_path()
+                    self._tail.path = await asyncio.to_thread(self._transcript_path)
                 turn_log.add(await asyncio.to_thread(self._tail.read))
                 if turn_log.prompt_seen:
                     started = True
@@ -490,7 +496,7 @@ class Session:
                     # screen shows it. (Unread bytes skip only the re-paste: a claude that
                     # never reads them still meets the give-up below.)
                     if self._tail.path is None:
-                        self._tail.path = self._transcript_path()
+                        self._tail.path = await asyncio.to_thread(self._transcript_path)
                     turn_log.add(await asyncio.to_thread(self._tail.read))
                     if turn_log.prompt_seen:
                         started = True
@@ -520,6 +526,23 @@ class Session:
                 raise errors.TimeoutError_(
                     f"upstream stalled: no progress for {settings.stall_timeout:.0f}s; "
                     "the turn was interrupted"
+                )
+            if not slow_logged and now - t0 > SLOW_TURN_LOG:
+                slow_logged = True
+                log.warning(
+                    "turn running for %.0fs: started=%s busy=%s parked=%s transcript=%s "
+                    "(%d entries, tool_use ids %s, done=%s, prompt seen=%s); screen:\n%s",
+                    now - t0,
+                    started,
+                    st.busy,
+                    [c.tool_use_id for c in channel.parked] if channel is not None else None,
+                    self._tail.path,
+                    len(turn_log.entries),
+                    sorted(turn_log.tool_use_ids),
+                    turn_log.done,
+                    turn_log.prompt_seen,
+                    _screen_text(snap),
+                    extra=self._log_extra(),
                 )
             if now - t0 > settings.turn_timeout:
                 await self.interrupt()
@@ -688,7 +711,7 @@ class Session:
         await self._driver.terminate(grace=2.0)
         await self._drop_tmp()
         if self.ephemeral:
-            path = self._tail.path or self._transcript_path()
+            path = self._tail.path or await asyncio.to_thread(self._transcript_path)
             if path is not None:
                 with contextlib.suppress(OSError):
                     await asyncio.to_thread(path.unlink)

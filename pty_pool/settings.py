@@ -30,6 +30,10 @@ class PoolSettings:
     # so beyond this the oldest is let go (its caller's next call replays the history instead)
     max_parked: int = 16
     max_sticky_queue: int = 4  # calls waiting behind a running one on the same sticky id
+    # claudes kept after a stateless turn with the conversation they hold: a call that re-sends
+    # that history plus a new turn continues there instead of replaying it into a fresh claude
+    max_kept: int = 2
+    kept_idle_timeout: float = 300.0  # a kept claude nobody continued is closed after this
     agent_tools: tuple[str, ...] = ()  # claude built-in tools enabled and pre-allowed (agent mode)
     mcp_url: str | None = None  # the daemon's MCP endpoint base, set once it listens
     state_file: Path | None = None  # sticky id → claude session map (default: next to workspace)

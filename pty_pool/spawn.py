@@ -117,7 +117,8 @@ def spawn_spec(
 
 
 def find_claude(claude_bin: str) -> str | None:
-    """Absolute path of the claude binary, or None when it cannot be found."""
+    """Absolute path of the claude binary, or None when it cannot be found. Blocking (it stats
+    each PATH entry): call through a thread."""
     return shutil.which(claude_bin)
 
 

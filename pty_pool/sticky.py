@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -160,6 +161,11 @@ class StickyStore:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        # Saves run in threads and may finish out of order (or outlive a cancelled caller): each
+        # carries the version of the map it was taken from, and an older one never overwrites a
+        # newer one already written.
+        self._lock = threading.Lock()
+        self._written = -1
 
     def load(self) -> dict[str, Sticky]:
         try:
@@ -172,7 +178,13 @@ class StickyStore:
                 out[sid] = Sticky.from_json(sid, d)
         return out
 
-    def save(self, entries: dict[str, dict[str, Any]]) -> None:
-        """Write atomically: a crash leaves the old file or the new one, never half of one."""
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        write_private(self.path, orjson.dumps({"version": 1, "sessions": entries}))
+    def save(self, entries: dict[str, dict[str, Any]], version: int = 0) -> bool:
+        """Write atomically: a crash leaves the old file or the new one, never half of one.
+        `version` orders the snapshots (see __init__); returns False when a newer one is on disk."""
+        with self._lock:
+            if version < self._written:
+                return False
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            write_private(self.path, orjson.dumps({"version": 1, "sessions": entries}))
+            self._written = version
+            return True

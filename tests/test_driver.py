@@ -319,6 +319,7 @@ async def test_terminate_of_a_stubborn_child_does_not_block_the_loop(spawn: Spaw
         assert await child.driver.terminate(polite=b"ignored\r", grace=0.2) == -signal.SIGKILL
 
 
+@pytest.mark.blocking  # it allows each blocking call it finds, to name them all
 async def test_start_does_not_block_the_loop(tmp_path: Path) -> None:
     blocked: list[str] = []
     with blockbuster_ctx() as bb:

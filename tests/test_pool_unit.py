@@ -19,6 +19,8 @@ from claude_relay.protocols import errors
 from claude_relay.protocols.model import Message, TextBlock, TurnRequest
 from claude_relay.pty_pool.pool import Pool
 from claude_relay.pty_pool.settings import PoolSettings
+from claude_relay.pty_pool.spawn import spawn_spec
+from claude_relay.pty_pool.sticky import Sticky, message_digest
 from tests.helpers.proc import (
     helper,
     kill_and_reap,
@@ -205,6 +207,9 @@ async def test_warm_sessions_and_stats(fake: FakeClaude) -> None:
         "sticky": 0,
         "max_sticky": 16,
         "parked": 0,
+        "kept": 0,
+        "max_kept": 2,
+        "kept_hits": 0,
     }
     assert pool.claude_error is None
     pids = fake.processes()
@@ -318,3 +323,54 @@ async def test_close_while_a_session_is_starting(fake: FakeClaude) -> None:
     assert pool.stats()["starting"] == 1
     await pool.close(grace=0)
     await assert_all_gone(fake, pids)
+
+
+async def test_new_sticky_ids_count_while_their_claude_starts(fake: FakeClaude) -> None:
+    """max_sticky holds for calls on new ids that arrive together: an id whose claude is still
+    starting counts (before, only ids with a live claude did, so both calls passed the check)."""
+    pool = fake.pool(warm=0, max_busy=4, max_sticky=1, turn_timeout=20.0)
+    await pool.start()
+    first = asyncio.create_task(run_turn(pool, dataclasses.replace(REQUEST, session_id="a")))
+    try:
+        await until(lambda: "a" in pool._sticky, timeout=5.0, what="the first id")
+        assert pool._sticky["a"].session is None or not pool._sticky["a"].session.alive
+        with pytest.raises(errors.OverloadedError, match="maximum of 1 sticky"):
+            await run_turn(pool, dataclasses.replace(REQUEST, session_id="b"))
+        assert "b" not in pool._sticky
+    finally:
+        first.cancel()
+        await asyncio.gather(first, return_exceptions=True)
+        pids = fake.processes()
+        await pool.close(grace=0)
+    await assert_all_gone(fake, pids)
+
+
+def test_a_kept_conversation_is_continued_only_by_its_own_caller_and_settings(
+    tmp_path: Path,
+) -> None:
+    """`_take_kept` matches the exact history, the same spawn settings and the same tenant."""
+    pool = Pool(PoolSettings(workspace=tmp_path / "workspace"))
+    spec = spawn_spec("default", None, pool.settings)
+
+    class Idle:  # what _take_kept asks of a session
+        alive = True
+        state = "ready"
+        id = "kept-claude"
+
+    session: Any = Idle()
+    said = Message("user", (TextBlock("hi"),))
+    answer = Message("assistant", (TextBlock("hello"),))
+    seen = [[message_digest(m.role, m.text, m.content)] for m in (said, answer)]
+    pool._kept[session] = Sticky(id="", claude_id="c", spec=spec, owner="key-a", seen=seen)
+    req = dataclasses.replace(
+        REQUEST, messages=(said, answer, Message("user", (TextBlock("more"),))), owner="key-b"
+    )
+    assert pool._take_kept(req, spec) is None  # another key
+    other_spec = spawn_spec("default", "be brief", pool.settings)
+    assert pool._take_kept(dataclasses.replace(req, owner="key-a"), other_spec) is None
+    edited = dataclasses.replace(
+        req, owner="key-a", messages=(said, Message("assistant", (TextBlock("hey"),)), said)
+    )
+    assert pool._take_kept(edited, spec) is None
+    assert pool._take_kept(dataclasses.replace(req, owner="key-a"), spec) == (session, 2)
+    assert session not in pool._kept  # taken: a second call on it at once runs fresh

@@ -124,3 +124,15 @@ def test_output_and_thinking_limits_are_not_part_of_the_conversation() -> None:
     assert spec_digest(SpawnSpec(max_output=8192, thinking=0)) == spec_digest(
         SpawnSpec(max_output=None, thinking=4096)
     )
+
+
+def test_an_older_snapshot_never_overwrites_a_newer_one(tmp_path: Path) -> None:
+    """Saves run in threads and can finish out of order: the newest map stays on disk."""
+    store = StickyStore(tmp_path / "sessions.json")
+    newer = Sticky(id="s", claude_id="c2", spec=SpawnSpec(), seen=[["x"]], turns=2)
+    older = Sticky(id="s", claude_id="c1", spec=SpawnSpec(), seen=[["x"]], turns=1)
+    assert store.save({"s": newer.to_json()}, 2)
+    assert not store.save({"s": older.to_json()}, 1)
+    assert store.load()["s"].claude_id == "c2"
+    assert store.save({}, 3)
+    assert store.load() == {}
