@@ -175,8 +175,11 @@ DETECT_BLOCKING_ENV = "CLAUDE_RELAY_DETECT_BLOCKING"
 def _blocking_detector(env: os._Environ[str]) -> contextlib.AbstractContextManager[object]:
     if env.get(DETECT_BLOCKING_ENV) != "1":
         return contextlib.nullcontext()
-    from blockbuster import blockbuster_ctx  # noqa: PLC0415 (a dev dependency: only when asked)
-
+    try:
+        from blockbuster import blockbuster_ctx  # noqa: PLC0415 (a dev dependency: only if asked)
+    except ImportError:  # an installation without the development dependencies
+        log.warning("%s=1, but blockbuster is not installed: not detecting", DETECT_BLOCKING_ENV)
+        return contextlib.nullcontext()
     log.info("%s=1: blocking calls on the event loop raise", DETECT_BLOCKING_ENV)
     return blockbuster_ctx("claude_relay")
 

@@ -27,7 +27,6 @@ against a HOME with hooks, CLAUDE.md files and an MCP server of its own.
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import os
 import shutil
@@ -108,11 +107,9 @@ def flag_settings(settings: PoolSettings, cli_version: str | None = None) -> dic
     return out
 
 
-@functools.cache
-def _false_binary() -> str:
-    """Blocking (a PATH search) the first time: `prepare`, run in a thread at pool start, asks
-    first, so spawns on the loop find it cached."""
-    return shutil.which("false") or "/bin/false"
+# Every command claude would run is prefixed with this. Looked up once, at import (a PATH
+# search is blocking file I/O, and child_env runs on the event loop).
+_FALSE: Final = shutil.which("false") or "/bin/false"
 
 
 def child_env(base: Mapping[str, str], settings: PoolSettings) -> dict[str, str]:
@@ -131,7 +128,7 @@ def child_env(base: Mapping[str, str], settings: PoolSettings) -> dict[str, str]
     if not _RUNNERS & set(settings.agent_tools):
         # Bash mode (`!cmd`) runs whatever follows even with --tools "" and a Bash deny rule;
         # every command claude runs is prefixed with this, so nothing runs (2.1.197, 2.1.332).
-        env["CLAUDE_CODE_SHELL_PREFIX"] = _false_binary()
+        env["CLAUDE_CODE_SHELL_PREFIX"] = _FALSE
     return env
 
 
@@ -177,7 +174,6 @@ def prepare(settings: PoolSettings, user_env: Mapping[str, str]) -> Path:
 
     Safe to repeat while claudes run: only the relay's keys change, atomically.
     """
-    _false_binary()  # found here, in a thread, not by the first spawn on the event loop
     cfg = relay_config_dir(settings)
     cfg.mkdir(parents=True, exist_ok=True, mode=0o700)
     cfg.chmod(0o700)

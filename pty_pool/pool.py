@@ -25,6 +25,7 @@ from typing import Any
 
 from claude_relay.protocols import errors
 from claude_relay.protocols.model import (
+    DocumentBlock,
     ImageBlock,
     Message,
     SpawnSpec,
@@ -390,6 +391,19 @@ def check_request(req: TurnRequest, settings: PoolSettings) -> SpawnSpec:
     return spec
 
 
+def _has_files(req: TurnRequest) -> bool:
+    """Whether any message carries an image or a document (tool results included)."""
+    for m in req.messages:
+        for b in m.content:
+            if isinstance(b, ImageBlock | DocumentBlock):
+                return True
+            if isinstance(b, ToolResultBlock) and any(
+                isinstance(c, ImageBlock | DocumentBlock) for c in b.content
+            ):
+                return True
+    return False
+
+
 class Pool:
     def __init__(self, settings: PoolSettings, broker: Broker | None = None) -> None:
         self.settings = settings
@@ -637,9 +651,13 @@ class Pool:
     ) -> None:
         """After a stateless turn: keep its claude with the digests of what it now holds, the
         least recently used one beyond `max_kept` closed; or dispose of it as before."""
-        if self.settings.max_kept == 0 or spec is None or self._closing:
+        if self.settings.max_kept == 0 or spec is None or self._closing or _has_files(req):
+            # (a conversation with images or PDFs is not kept: claude holds copies of them in
+            # its temp dir, and they must not outlive the turn that sent them)
             self._release(session)
             return
+        if session.channel is not None:
+            session.channel.set_tools(())  # a kept claude holds no caller's tools between turns
         self._busy.discard(session)
         self._idle.set()
         seen = [[message_digest(m.role, m.text, m.content)] for m in req.messages]

@@ -263,7 +263,7 @@ async def test_limits_get_413_and_crash_leftovers_are_swept(
     up: FakeUpstream, tmp_path: Path
 ) -> None:
     home = tmp_path / "home"
-    make_home(home)
+    await asyncio.to_thread(make_home, home)
     # what a daemon killed mid-turn leaves: its pid is gone, its directory is not
     dead = await asyncio.create_subprocess_exec("true")
     await dead.wait()

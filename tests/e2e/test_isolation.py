@@ -8,6 +8,7 @@ a history.jsonl of its own. Runs on every tested claude version (./dev.sh test).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from pathlib import Path
@@ -53,7 +54,7 @@ async def test_user_setup_never_reaches_a_turn(relay: Relay, up: FakeUpstream) -
     # for one per new conversation, spending the user's quota)
     assert up.title_requests == []
     bodies = [r.raw_body for r in up.all_requests]
-    assert leaks(relay.home, bodies) == []
+    assert await asyncio.to_thread(leaks, relay.home, bodies) == []
     for r in up.main_requests:
         # the relay's settings, not the user's: no output style, no memory section
         assert "claudeMd" not in r.system_text
@@ -66,7 +67,7 @@ async def test_user_login_is_used_and_left_as_it_was(
     """A subscription login lives in ~/.claude/.credentials.json; the relay's claudes have a
     config dir of their own, yet send that login's token and leave the file untouched."""
     home = tmp_path / "home"
-    make_home(home)
+    await asyncio.to_thread(make_home, home)
     creds = home / ".claude" / ".credentials.json"
     token = "sk-ant-oat01-relay-test-access-token"
     creds.write_text(
@@ -95,4 +96,4 @@ async def test_user_login_is_used_and_left_as_it_was(
         assert upstream.main_requests[-1].api_key == token
     upstream.clear()
     assert creds.read_bytes() == before
-    assert leaks(home, []) == []
+    assert await asyncio.to_thread(leaks, home, []) == []

@@ -389,9 +389,17 @@ async def test_stop_sequences_cut_the_reply(
     assert final.stop_reason == "stop_sequence"
 
 
-async def test_dead_idle_claude_is_replaced(
-    sdk: anthropic.AsyncAnthropic, relay: Relay, up: FakeUpstream
-) -> None:
+async def test_dead_idle_claude_is_replaced(up: FakeUpstream) -> None:
+    # Its own daemon, keeping no stateless conversations (max_kept 0): every child that is not
+    # busy or sticky is then a warm claude.
+    async with (
+        start_relay(up, max_kept="0") as relay,
+        anthropic.AsyncAnthropic(base_url=relay.url, api_key="unused", max_retries=0) as sdk,
+    ):
+        await _kill_an_idle_claude(relay, sdk)
+
+
+async def _kill_an_idle_claude(relay: Relay, sdk: anthropic.AsyncAnthropic) -> None:
     # a warm claude: not a sticky one another test may have left (those are replaced on use),
     # nor one an earlier test's turn is still disposing of (its death is no idle death)
     async with asyncio.timeout(30):

@@ -179,7 +179,7 @@ async def test_conversation_survives_daemon_sigkill(
     upstream.clear()
     home = Path(tempfile.mkdtemp(prefix="relay-e2e-home-"))
     try:
-        make_home(home)
+        await asyncio.to_thread(make_home, home)
         history: list[anthropic.types.MessageParam] = []
         async with start_relay(upstream, home=home) as r1:
             async with client(r1, "conv-kill") as c:

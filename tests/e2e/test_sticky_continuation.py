@@ -7,6 +7,7 @@ styles mix. `DELETE /v1/sessions/{id}` (or a new id) starts over.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import signal
@@ -118,7 +119,7 @@ async def test_continuation_across_a_daemon_sigkill(upstream: FakeUpstream) -> N
     upstream.clear()
     home = Path(tempfile.mkdtemp(prefix="relay-e2e-home-"))
     try:
-        make_home(home)
+        await asyncio.to_thread(make_home, home)
         async with start_relay(upstream, home=home) as r1:
             for sid, text in (("cont-kill", "remember 43"), ("cont-lost", "remember 44")):
                 async with client(r1, sid) as c:

@@ -129,7 +129,7 @@ async def start_relay(
     tmp = Path(tempfile.mkdtemp(prefix="relay-e2e-"))
     if home is None:
         home = tmp / "home"
-        make_home(home)
+        await asyncio.to_thread(make_home, home)  # file writes: not on the test's event loop
     port = free_port()
     e = child_env(home, upstream.url)
     e.update({f"CLAUDE_RELAY_{k.upper()}": v for k, v in env.items()})
