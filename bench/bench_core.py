@@ -74,15 +74,20 @@ async def short_replies(c: anthropic.AsyncAnthropic, up: FakeUpstream, n: int) -
     return times
 
 
-async def sticky_followups(relay: Relay, up: FakeUpstream, n: int) -> list[float]:
-    """Follow-up turns on one X-IR-Session-ID: the same warm claude, only the new turn pasted."""
+async def sticky_followups(
+    relay: Relay, up: FakeUpstream, n: int, *, sticky: bool = True
+) -> list[float]:
+    """Follow-up turns of one conversation re-sent with its whole history: on one
+    X-IR-Session-ID (`sticky`), or with no id (the pool's kept conversations); either way the
+    same claude, only the new turn pasted."""
     history: list[anthropic.types.MessageParam] = []
     times: list[float] = []
+    headers = {"X-IR-Session-ID": f"bench-{time.time()}"} if sticky else {}
     async with anthropic.AsyncAnthropic(
         base_url=relay.url,
         api_key="unused",
         max_retries=0,
-        default_headers={"X-IR-Session-ID": f"bench-{time.time()}"},
+        default_headers=headers,
     ) as c:
         for i in range(n + 1):
             up.push(Reply(text="Short reply."))
@@ -237,6 +242,9 @@ async def main() -> None:
             sticky = await sticky_followups(relay, up, n)
             print(f"short reply, sticky follow-up {fmt(sticky)}")
             results["sticky_followup_s"] = sticky
+            kept = await sticky_followups(relay, up, n, sticky=False)
+            print(f"short reply, follow-up, no id {fmt(kept)}")
+            results["history_followup_no_id_s"] = kept
             speedup = statistics.median(cli) / statistics.median(warm)
             print(f"  speed-up (median)           {speedup:7.2f} x")
             results["speedup"] = speedup
