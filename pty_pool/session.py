@@ -16,6 +16,7 @@ import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Literal
 
@@ -27,12 +28,13 @@ from claude_relay.protocols.model import (
     ToolChoice,
     ToolResultBlock,
     ToolSpec,
+    ToolUseBlock,
     TurnEvent,
     TurnResult,
 )
 
 from . import attachments, tui, versions
-from .broker import Broker, Channel, mcp_result
+from .broker import Broker, Channel, ParkedCall, mcp_result
 from .driver import PtyDriver, SpawnRefused
 from .files import write_private
 from .isolation import claude_tmp_root, relay_config_dir
@@ -72,6 +74,10 @@ PROMPT_LOST_AFTER = 10.0  # after the resubmits, a screen still this long: claud
 # A turn still running this long is logged once with what it waits on (the screen, the parked
 # calls, the transcript's state): a slow turn's cause is otherwise invisible in the log.
 SLOW_TURN_LOG = 30.0
+# claude writes a message's tool_use blocks to its transcript before it calls the tools, but
+# once in ~500 parked calls (2.1.332, a loaded machine) it had not after 40 s: a call parked
+# this long without its transcript entry is answered from the MCP call itself.
+PARKED_TRANSCRIPT_GRACE = 3.0
 TOOLS_LISTED_TIMEOUT = 5.0  # claude re-lists tools at once on list_changed (~10 ms measured)
 TOOLS_LIST_TRIES = 2
 # ...but applies the new list a moment later: a prompt sent right after the re-list still went out
@@ -410,6 +416,8 @@ class Session:
         last_read = 0.0
         looks_done = False
         slow_logged = False
+        parked_t: float | None = None
+        from_calls: tuple[ParkedCall, ...] = ()  # parked calls the transcript never showed
         channel = self.channel
         while True:
             # once the screen says the turn is over, only the transcript is awaited: poll it
@@ -470,6 +478,17 @@ class Session:
                 waiting = {c.tool_use_id for c in channel.parked}
                 # the whole assistant message is in the transcript: every tool_use of it is known
                 if waiting and waiting <= turn_log.tool_use_ids:
+                    break
+                parked_t = parked_t or now
+                if waiting and now - parked_t > PARKED_TRANSCRIPT_GRACE:
+                    from_calls = channel.parked
+                    log.warning(
+                        "claude's transcript does not show its tool calls %s after %.0fs; "
+                        "answering from the MCP calls",
+                        sorted(waiting - turn_log.tool_use_ids),
+                        now - parked_t,
+                        extra=self._log_extra(),
+                    )
                     break
                 progress_t = now  # a parked call is progress, not a stall
             if turn_log.done:
@@ -554,7 +573,9 @@ class Session:
         if err is not None:
             raise err
         result = turn_log.result()
-        if not turn_log.entries:
+        if from_calls:
+            result = _with_calls(result, from_calls)
+        elif not turn_log.entries:
             # no transcript: fall back to what the screen showed (should not happen)
             text = tui.rows_text(
                 tui.response(self._screen.snapshot(), after_tools=after_tools).rows,
@@ -715,6 +736,19 @@ class Session:
             if path is not None:
                 with contextlib.suppress(OSError):
                     await asyncio.to_thread(path.unlink)
+
+
+def _with_calls(result: TurnResult, calls: tuple[ParkedCall, ...]) -> TurnResult:
+    """`result` with the parked MCP calls its transcript entries lack, as tool_use blocks (the
+    call carries claude's own tool_use id, the tool's name and its exact arguments). Usage that
+    claude never wrote stays unknown: zero."""
+    known = {t.id for t in result.tool_uses}
+    extra = tuple(
+        ToolUseBlock(id=c.tool_use_id, name=c.name, input=dict(c.arguments))
+        for c in calls
+        if c.tool_use_id not in known
+    )
+    return replace(result, content=(*result.content, *extra), stop_reason="tool_use")
 
 
 def _screen_text(snap: Snapshot) -> str:

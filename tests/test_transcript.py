@@ -114,3 +114,29 @@ def test_thinking_blocks_come_first_with_their_signatures() -> None:
     result = log.result()
     assert result.content == (ThinkingBlock("Hm.", "s1"), TextBlock("Answer."))
     assert result.usage.output_tokens == 9  # one message: its usage counted once
+
+
+def test_parked_calls_missing_from_the_transcript_become_tool_use_blocks() -> None:
+    """A call claude made over MCP but never wrote to its transcript (seen once in ~500 on a
+    loaded machine) is answered from the call itself: its id, name and exact arguments."""
+    import asyncio
+
+    from claude_relay.protocols.model import TextBlock, ToolUseBlock, TurnResult, Usage
+    from claude_relay.pty_pool.broker import ParkedCall
+    from claude_relay.pty_pool.session import _with_calls
+
+    loop = asyncio.new_event_loop()
+    try:
+        future = loop.create_future()
+        known = ToolUseBlock(id="toolu_1", name="a", input={})
+        calls = (
+            ParkedCall("toolu_1", "a", {}, future),
+            ParkedCall("toolu_2", "lookup", {"key": "k"}, future),
+        )
+        result = TurnResult((TextBlock("Let me look."), known), "end_turn", Usage())
+        out = _with_calls(result, calls)
+    finally:
+        loop.close()
+    assert out.stop_reason == "tool_use"
+    assert out.text == "Let me look."
+    assert out.tool_uses == (known, ToolUseBlock(id="toolu_2", name="lookup", input={"key": "k"}))
