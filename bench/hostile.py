@@ -395,8 +395,14 @@ async def run(names: Sequence[str], opts: Options) -> Report:
         async with (
             FakeUpstream() as up,
             aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http,
+            # max_kept 0: the afterwards check counts the daemon's claudes against the baseline,
+            # and the normal requests' claudes would otherwise be kept for a follow-up
             rel.daemon(
-                up, watch, max_retries="1", tool_result_timeout=f"{TOOL_RESULT_TIMEOUT:g}"
+                up,
+                watch,
+                max_retries="1",
+                tool_result_timeout=f"{TOOL_RESULT_TIMEOUT:g}",
+                max_kept="0",
             ) as relay,
         ):
             ctx = Ctx(up, relay, http, opts)

@@ -334,7 +334,9 @@ async def run(
         async with (
             FakeUpstream() as up,
             aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http,
-            rel.daemon(up, watch, max_retries="1") as relay,
+            # max_kept 0: the end check counts the daemon's claudes against the baseline (no
+            # scenario here re-sends a stateless history, so keeping would only add claudes)
+            rel.daemon(up, watch, max_retries="1", max_kept="0") as relay,
         ):
             await relay.wait_warm(2)
             pid = relay.proc.pid

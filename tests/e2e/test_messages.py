@@ -98,13 +98,15 @@ async def test_streaming_is_incremental_and_exact_for_prose(
             if ev.type == "text":
                 arrivals.append(time.monotonic() - t0)
         final = await stream.get_final_message()
-    total = time.monotonic() - t0
     assert events[0] == "message_start"
     assert events[-1] == "message_stop"
     assert events.index("content_block_start") < events.index("text")
     assert events.index("content_block_stop") < events.index("message_delta")
     assert len(arrivals) >= 3
-    assert arrivals[0] < total / 2  # the first delta comes well before the end
+    # the first delta reached the client while the model was still writing (an event order,
+    # not a share of the wall-clock time, which a loaded machine stretches)
+    finished = up.main_requests[-1].finished_time
+    assert finished is not None and t0 + arrivals[0] < finished
     assert final.content[0].type == "text"
     assert final.content[0].text == text  # prose streams exactly
     assert final.usage.output_tokens == 7
