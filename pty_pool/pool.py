@@ -45,7 +45,7 @@ from .driver import spawner_stuck
 from .session import ClaudeExited, ImageNotTaken, Prompt, Session
 from .settings import PoolSettings
 from .spawn import build_env, find_claude, spawn_spec
-from .sticky import Sticky, StickyStore, message_digest
+from .sticky import Sticky, StickyStore, held_after
 
 log = logging.getLogger(__name__)
 
@@ -273,17 +273,7 @@ class Turn:
                         if isinstance(ev, TextDelta):
                             streamed.append(ev.text)
                         else:
-                            sticky.seen = held + [
-                                [message_digest(m.role, m.text, m.content)] for m in req.messages
-                            ]
-                            sticky.seen.append(
-                                sorted(
-                                    {
-                                        message_digest("assistant", ev.text, ev.content),
-                                        message_digest("assistant", "".join(streamed), ev.content),
-                                    }
-                                )
-                            )
+                            sticky.seen = held + held_after(req.messages, ev, "".join(streamed))
                             sticky.turns += 1
                             sticky.last_used = time.time()
                             await pool._persist()
@@ -660,15 +650,7 @@ class Pool:
             session.channel.set_tools(())  # a kept claude holds no caller's tools between turns
         self._busy.discard(session)
         self._idle.set()
-        seen = [[message_digest(m.role, m.text, m.content)] for m in req.messages]
-        seen.append(
-            sorted(
-                {
-                    message_digest("assistant", result.text, result.content),
-                    message_digest("assistant", streamed, result.content),
-                }
-            )
-        )
+        seen = held_after(req.messages, result, streamed)
         entry = Sticky(id="", claude_id=session.id, spec=spec, owner=req.owner, seen=seen)
         entry.session = session
         self._kept[session] = entry

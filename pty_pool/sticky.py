@@ -29,6 +29,7 @@ from claude_relay.protocols.model import (
     SystemMode,
     ToolResultBlock,
     ToolUseBlock,
+    TurnResult,
 )
 
 from .files import write_private
@@ -64,6 +65,15 @@ def message_digest(role: str, text: str, blocks: tuple[ContentBlock, ...] = ()) 
     """A message's digest: its text, tool calls or results, images and documents (plain text:
     `digest`). Attachments count by content hash, so a changed image is a changed history."""
     return digest(role, text + "".join(_block_key(b) for b in blocks))
+
+
+def held_after(messages: tuple[Message, ...], reply: TurnResult, streamed: str) -> list[list[str]]:
+    """What claude holds after answering `messages` with `reply`: one digest per message, and for
+    the reply both the exact text and the text a streaming client assembled (`streamed`)."""
+    seen = [[message_digest(m.role, m.text, m.content)] for m in messages]
+    exact = message_digest("assistant", reply.text, reply.content)
+    seen.append(sorted({exact, message_digest("assistant", streamed, reply.content)}))
+    return seen
 
 
 def spec_digest(spec: SpawnSpec) -> str:

@@ -84,6 +84,16 @@ async def assert_all_gone(fake: FakeClaude, pids: list[int]) -> None:
     assert zombie_children() == []
 
 
+async def stop(fake: FakeClaude, pool: Pool, *tasks: asyncio.Task[None]) -> None:
+    """Cancel the test's turns, close the pool, and check that every claude is gone."""
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    pids = fake.processes()
+    await pool.close(grace=0)
+    await assert_all_gone(fake, pids)
+
+
 async def run_turn(pool: Pool, request: TurnRequest = REQUEST) -> None:
     """Run one turn to its end; on the fake claude it never gets an answer."""
     async with pool.open_turn(request) as turn:
@@ -247,11 +257,7 @@ async def test_overloaded_when_busy_and_no_queue(fake: FakeClaude) -> None:
             assert pool.stats()["queued"] == 1
         assert pool.stats()["queued"] == 0
     finally:
-        first.cancel()
-        await asyncio.gather(first, return_exceptions=True)
-        pids = fake.processes()
-        await pool.close(grace=0)
-    await assert_all_gone(fake, pids)
+        await stop(fake, pool, first)
 
 
 async def test_calls_queued_on_one_sticky_id_are_bounded(fake: FakeClaude) -> None:
@@ -338,11 +344,7 @@ async def test_new_sticky_ids_count_while_their_claude_starts(fake: FakeClaude) 
             await run_turn(pool, dataclasses.replace(REQUEST, session_id="b"))
         assert "b" not in pool._sticky
     finally:
-        first.cancel()
-        await asyncio.gather(first, return_exceptions=True)
-        pids = fake.processes()
-        await pool.close(grace=0)
-    await assert_all_gone(fake, pids)
+        await stop(fake, pool, first)
 
 
 def test_a_kept_conversation_is_continued_only_by_its_own_caller_and_settings(
