@@ -1,9 +1,9 @@
-"""Word-level streaming benchmark (issue 14): claude's `--ax-screen-reader` rendering read by the
-`pty_pool.ax` prototype, against today's screen reading (`pty_pool.session`), on paced replies.
+"""Word-level streaming benchmark (issue 14): the relay's session streaming paced replies with
+each screen mode (`screen_mode` rows, ax guarded, ax eager), and the research driver (`proto`).
 
 Run (after `./dev.sh claude` and `./dev.sh claude 2.1.197` installed the CLIs):
   .venv/bin/python -m bench.bench_stream --claude "$(./dev.sh claude)" [--rates 20,60] [--n 3]
-      [--modes ax,today] [--json out.json]
+      [--modes rows,ax,ax-eager,proto] [--json out.json]
   .venv/bin/python -m bench.bench_stream --claude "$(./dev.sh claude 2.1.197)" \
       --record tests/golden/ax    (re-records tests/test_ax.py's streams for that CLI version)
 
@@ -15,9 +15,8 @@ process (the relay's side: PTY reads, pyte, parsing) and of claude per reply. Th
 runs in a child process (`--serve-upstream`), so its CPU is not counted; it reports when each
 delta was written (CLOCK_MONOTONIC, shared by both processes).
 
-One file, over the usual size, because the brief for issue 14 allowed one: the ax driver here
-(`AxClaude`) is the session-side half of the prototype and moves into `pty_pool.session` if the
-relay switches (docs/ax-mode-notes.md).
+One file, over the usual size: the research driver (`AxClaude`, which also records the golden
+streams) sits next to the session-driven modes so both are measured in one run.
 """
 
 from __future__ import annotations
@@ -643,12 +642,18 @@ async def bench_ax(
     return rows
 
 
-async def bench_today(
-    binary: str, version: str, up: UpstreamProc, rates: list[int], n: int
+async def bench_session(
+    binary: str, version: str, up: UpstreamProc, rates: list[int], n: int, *, mode: str
 ) -> list[Figures]:
+    """The relay's own session in `mode`: "rows" (the default screen), "ax" or "ax-eager"
+    (`screen_mode = "ax"` with that stream policy)."""
     rows: list[Figures] = []
-    async with scratch(binary, up.url, ax_mode=False) as (settings, env):
+    async with scratch(binary, up.url, ax_mode=False) as (base, env):
         os.environ.update(env)  # the session builds claude's environment from the daemon's
+        settings = base
+        if mode != "rows":
+            policy = "eager" if mode == "ax-eager" else "guarded"
+            settings = replace(base, screen_mode="ax", stream_policy=policy)
         s = TimedSession(SpawnSpec(), settings, binary, broker=BROKER, cli_version=version)
         try:
             await s.start()
@@ -662,7 +667,13 @@ async def bench_today(
                         cpu = (time.process_time() - cpu0[0], _cpu(s.pid) - cpu0[1])
                         rows.append(
                             figures(
-                                "today", kind, rate, deltas=deltas, up=done, source=source, cpu=cpu
+                                f"relay-{mode}",
+                                kind,
+                                rate,
+                                deltas=deltas,
+                                up=done,
+                                source=source,
+                                cpu=cpu,
                             )
                         )
                         await asyncio.sleep(0.3)
@@ -678,12 +689,14 @@ async def bench(binary: str, rates: list[int], n: int, modes: list[str]) -> list
     rows: list[Figures] = []
     try:
         async with serving(BROKER):
-            if "ax" in modes:
+            if "proto" in modes:
                 rows += await bench_ax(binary, version, up, rates, n)
-            if "today" in modes:
+            for mode in ("rows", "ax", "ax-eager"):
+                if mode not in modes:
+                    continue
                 saved = dict(os.environ)
                 try:
-                    rows += await bench_today(binary, version, up, rates, n)
+                    rows += await bench_session(binary, version, up, rates, n, mode=mode)
                 finally:
                     os.environ.clear()
                     os.environ.update(saved)
@@ -861,7 +874,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--claude", default=claude_bin(), help="the claude binary to drive")
     parser.add_argument("--rates", default="20,60", help="upstream tokens per second, a list")
     parser.add_argument("--n", type=int, default=3, help="replies per kind and rate")
-    parser.add_argument("--modes", default="ax,today", help="ax (both policies) and/or today")
+    parser.add_argument(
+        "--modes",
+        default="rows,ax,ax-eager",
+        help="the relay's session with screen_mode rows, ax (guarded) or ax-eager; proto: the "
+        "research driver (bench_ax), both policies",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write every figure here")
     parser.add_argument("--record", type=Path, default=None, help="record golden streams instead")
     parser.add_argument("names", nargs="*", help="with --record: only these scenarios")

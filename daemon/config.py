@@ -29,6 +29,8 @@ ENV_PREFIX: Final = "CLAUDE_RELAY_"
 CONFIG_ENV: Final = "CLAUDE_RELAY_CONFIG"
 
 SystemMode = Literal["append", "replace"]
+ScreenMode = Literal["rows", "ax"]
+StreamPolicy = Literal["guarded", "eager"]
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 LogFormat = Literal["text", "json"]
 
@@ -76,6 +78,8 @@ class Config:
     queue_timeout: float = 60.0
     default_model: str | None = None
     system_mode: SystemMode = "append"
+    screen_mode: ScreenMode = "rows"
+    stream_policy: StreamPolicy = "guarded"
     columns: int = 120
     rows: int = 50
     ready_timeout: float = 30.0
@@ -149,6 +153,8 @@ class Config:
             queue_timeout=self.queue_timeout,
             default_model=self.default_model,
             system_mode=self.system_mode,
+            screen_mode=self.screen_mode,
+            stream_policy=self.stream_policy,
             columns=self.columns,
             rows=self.rows,
             ready_timeout=self.ready_timeout,
@@ -210,6 +216,8 @@ _SPECS: Final[dict[str, _Spec]] = {
     "queue_timeout": _Float(0, lo_open=True),
     "default_model": _Str(optional=True),
     "system_mode": _Choice(("append", "replace")),
+    "screen_mode": _Choice(("rows", "ax")),
+    "stream_policy": _Choice(("guarded", "eager")),
     # claude's TUI wraps and truncates below roughly this size, which breaks screen reading.
     "columns": _Int(40, 1000),
     "rows": _Int(10, 1000),

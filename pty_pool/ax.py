@@ -1,18 +1,17 @@
 """claude's screen-reader rendering (`--ax-screen-reader`) read as word-level reply text.
 
-A prototype for issue 14, not wired into the session. Place in the pipeline: PTY bytes →
-`screen.ScreenReader` (pyte) → `Snapshot` → `reply` → `AxStream.update` → text deltas; the same
-bytes also go through `MarkScanner`, because pyte drops the OSC 133 turn marks claude writes only
-in this mode. Pure: no I/O, no asyncio.
+Used by the session when the relay runs with `screen_mode = "ax"`. Place in the pipeline: PTY
+bytes → `screen.ScreenReader` (pyte) → `Snapshot` → `reply` → `AxStream.update` → text deltas;
+the same bytes also go through `MarkScanner`, because pyte drops the OSC 133 turn marks claude
+writes only in this mode. Pure: no I/O, no asyncio.
 
 Observed on claude 2.1.197 and 2.1.332 (docs/ax-mode-notes.md has each fact with the command
 that showed it; tests/golden/ax/<version>/ holds the recordings). In this mode claude draws flat
 text without colours or other attributes, so a markdown marker it strips cannot be restored from
 the screen: only text that cannot have lost one is streamed with confidence (`AxStream`).
 
-Over the usual size as a prototype: it holds the marks, the screen reading and the stream side by
-side; integrated, they part along those lines (marks and state next to the session, the reading
-into `tui`).
+Over the usual size: it holds the marks, the screen reading and the stream side by side, the ax
+counterpart of `tui` (the row mode's reading); they would part along those lines.
 """
 
 from __future__ import annotations
@@ -146,10 +145,13 @@ class AxState:
 
 def _input_text(rows: tuple[Row, ...], mode: int) -> str | None:
     below = [r.text for r in rows[mode + 1 :]]
-    for t in below:
+    for i, t in enumerate(below):
         m = _INPUT_2_1_332.match(t)
         if m:
-            return (m.group(1) or "").strip("\u00a0 ")
+            # the rest of a multi-line input, and attached images (`[Image #1]` after a blank
+            # row, 2.1.332), follow the `$` row
+            text = "\n".join([m.group(1) or "", *below[i + 1 :]]).strip("\n")
+            return text.strip("\u00a0 ")
     # 2.1.197: the input row has no prompt character; it is the row after the chrome rows
     rest = [t for t in below if not _CHROME_BELOW.search(t)]
     text = "\n".join(rest).strip("\n")
@@ -184,6 +186,25 @@ def classify(snap: Snapshot) -> AxState:
     )
 
 
+def screen_state(snap: Snapshot) -> tui.ScreenState:
+    """`classify` in the row mode's terms, so the session sequences both modes alike."""
+    st = classify(snap)
+    return tui.ScreenState(
+        input_box=st.input_text is not None,
+        input_text=st.input_text or "",
+        footer=st.mode_line,
+        busy=st.busy,
+        title=st.title,
+        dialog="trust" if st.dialog == "trust" else ("unknown" if st.dialog else None),
+        dialog_text=st.dialog_text,
+    )
+
+
+# claude's DA1 query (`ESC[c`): sent once its terminal setup is done. A paste written before it
+# was taken late on 2.1.197 and its Enter sometimes lost.
+TERMINAL_QUERY: Final = b"\x1b[c"
+
+
 def echo_count(snap: Snapshot) -> int:
     """How many prompts claude has echoed (`you: …`) in scrollback and on screen. Counted before a
     paste: the reply to that paste follows the next echo, never a `you:` the model wrote later."""
@@ -209,6 +230,15 @@ class AxReply:
 
     def text(self, width: int) -> str:
         return tui.rows_text(self.rows, width)
+
+    def response(self) -> tui.Response:
+        """This reply in the row mode's terms (the stream itself goes through `AxStream`).
+        Progress: the status row (2.1.197 counts tokens there), the text, the tool rows."""
+        last = self.rows[-1].text if self.rows else ""
+        progress = f"{len(self.rows)}|{last}|{self.status}|{self.tool_rows}"
+        return tui.Response(
+            self.rows, self.completed, self.interrupted, self.error_text, progress, self.tool_rows
+        )
 
 
 NO_REPLY = AxReply((), False, False, False, None, "")
@@ -304,6 +334,18 @@ def reply(snap: Snapshot, echoes: int = 0, *, after_tools: bool = False) -> AxRe
 
 
 # --- rows → deltas -----------------------------------------------------------------------------
+# The terminal is at least this wide in this mode. While a paragraph is live claude draws the
+# next one right below it, without the blank row between (it comes one paragraph later), so a
+# paragraph that ended on a nearly full row looks like a wrap: the fewer wraps, the fewer such
+# guesses. Nothing here is drawn to the full width (no rules, no boxes but tables), and the
+# screen's cost follows its text, not its width (`screen._Screen`).
+MIN_COLUMNS: Final = 500
+
+
+def columns(configured: int) -> int:
+    return max(configured, MIN_COLUMNS)
+
+
 def text_width(columns: int) -> int:
     """Columns this mode's reply text wraps at: the full width, no gutter (a 100-character
     unbroken paste wraps into rows of exactly 100 at 100 columns, 2.1.197 and 2.1.332)."""

@@ -67,7 +67,10 @@ def render_row(line: Any, columns: int) -> Row:
     pos = 0
     width = 0
     reverse_at = -1
-    for x in range(columns):
+    # only up to the last cell ever written: erased cells are not stored (`_Screen`), so a
+    # wide screen costs what its text costs, not its width
+    end = min(columns, max(line, default=-1) + 1)
+    for x in range(end):
         cell = line[x]
         data = cell.data
         if not data:
@@ -164,6 +167,37 @@ class _Screen(pyte.Screen):
             x -= 1  # the previous character is wide; attach to its first cell
         if x >= 0:
             line[x] = line[x]._replace(data=line[x].data + extra)
+
+    def erase_in_line(self, how: int = 0, private: bool = False) -> None:
+        # Erasing with default attributes removes the cells instead of storing blanks: a missing
+        # cell reads as the default one, and `render_row` then stops at the line's last text.
+        if self.cursor.attrs != self.default_char:
+            super().erase_in_line(how, private)
+            return
+        self.dirty.add(self.cursor.y)
+        line = self.buffer[self.cursor.y]
+        x = self.cursor.x
+        if how == 2:
+            line.clear()
+        else:
+            for k in [k for k in line if (k >= x if how == 0 else k <= x)]:
+                del line[k]
+
+    def erase_in_display(self, how: int = 0, *args: Any, **kwargs: Any) -> None:
+        if self.cursor.attrs != self.default_char:
+            super().erase_in_display(how, *args, **kwargs)
+            return
+        if how == 0:
+            ys = range(self.cursor.y + 1, self.lines)
+        elif how == 1:
+            ys = range(self.cursor.y)
+        else:
+            ys = range(self.lines)
+        self.dirty.update(ys)
+        for y in ys:
+            self.buffer[y].clear()
+        if how in (0, 1):
+            self.erase_in_line(how)
 
     def index(self) -> None:
         top, bottom = self.margins or Margins(0, self.lines - 1)

@@ -3,7 +3,8 @@
 A session owns its PTY driver, its virtual screen and the tail of its transcript. `run_turn`
 pastes one prompt and yields text deltas (from screen snapshots, polled on PTY output and at least
 every 100 ms) and then the exact `TurnResult` (from the transcript). All TUI knowledge comes from
-`tui`; this module only sequences it in time.
+`tui` (the default rendering) or `ax` (`--ax-screen-reader`, `screen_mode = "ax"`); this module
+only sequences it in time.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from claude_relay.protocols.model import (
     TurnResult,
 )
 
-from . import attachments, tui, versions
+from . import attachments, ax, tui, versions
 from .broker import Broker, Channel, ParkedCall, mcp_result
 from .driver import PtyDriver, SpawnRefused
 from .files import write_private
@@ -69,6 +70,9 @@ TRANSCRIPT_GRACE = 3.0  # idle screen but no turn_duration yet: give the file th
 # claude draws its prompt a moment before its input handler listens (seen right after the trust
 # dialog on v2.1.197: a paste sent then vanished); ready means ready *and* quiet this long.
 READY_QUIET = 0.25
+# ax mode: ready also waits for claude's terminal query (`ax.TERMINAL_QUERY`), or this long at
+# an idle prompt for a claude that never sends one
+AX_READY_WITHOUT_QUERY = 2.0
 RESUBMIT_AFTER = 1.5  # no echo, not busy, empty input this long after a paste: it was lost
 PROMPT_LOST_AFTER = 10.0  # after the resubmits, a screen still this long: claude did not take it
 # A turn still running this long is logged once with what it waits on (the screen, the parked
@@ -121,7 +125,13 @@ class Session:
         self._binary = binary
         self._resume = resume
         self.on_death: Callable[[], None] | None = None  # the pool's wake-up when claude exits
-        self._screen = ScreenReader(settings.columns, settings.rows)
+        self._ax = settings.screen_mode == "ax"
+        self._columns = ax.columns(settings.columns) if self._ax else settings.columns
+        self._screen = ScreenReader(self._columns, settings.rows)
+        self._marks = ax.MarkScanner()
+        self._ends = 0  # OSC 133 D marks seen (ax mode): claude finished a turn
+        self._queried = False  # ax mode: claude's terminal query seen
+        self._turn_echo = 0  # ax mode: echoes before this turn's prompt (its reply follows)
         self._changed = asyncio.Event()
         self._eof = False
         self._cfg = relay_config_dir(settings)
@@ -139,7 +149,7 @@ class Session:
             env=env,
             cwd=str(settings.workspace),
             rows=settings.rows,
-            cols=settings.columns,
+            cols=self._columns,
             on_output=self._on_output,
             on_eof=self._on_eof,
         )
@@ -151,7 +161,20 @@ class Session:
 
     def _on_output(self, data: bytes) -> None:
         self._screen.feed(data)
+        if self._ax:
+            self._ends += sum(1 for m in self._marks.feed(data) if m.kind == "D")
+            self._queried = self._queried or ax.TERMINAL_QUERY in data
         self._changed.set()
+
+    def _state(self, snap: Snapshot) -> tui.ScreenState:
+        return ax.screen_state(snap) if self._ax else tui.classify(snap)
+
+    def _echo_count(self, snap: Snapshot) -> int:
+        return ax.echo_count(snap) if self._ax else tui.echo_count(snap)
+
+    def _width(self) -> int:
+        cols = self._columns
+        return ax.text_width(cols) if self._ax else tui.text_width(cols)
 
     def _on_eof(self) -> None:
         self._eof = True
@@ -212,7 +235,7 @@ class Session:
         while True:
             snap = await self._next_snapshot(seq)
             seq = snap.seq
-            st = tui.classify(snap)
+            st = self._state(snap)
             if self._eof:
                 await self._die()
                 log.warning("claude exited during startup; screen:\n%s", _screen_text(snap))
@@ -228,7 +251,10 @@ class Session:
                 raise _dialog_error(st, self.cli_version)
             if st.ready:
                 quiet_since = quiet_since or time.monotonic()
-                if time.monotonic() - quiet_since >= READY_QUIET:
+                quiet = time.monotonic() - quiet_since
+                if quiet >= READY_QUIET and (
+                    not self._ax or self._queried or quiet >= AX_READY_WITHOUT_QUERY
+                ):
                     break
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._changed.wait(), READY_QUIET)
@@ -379,7 +405,8 @@ class Session:
         self._screen.mark()
         # the previous turn's prompt and reply are still on screen: rows count as this turn's
         # only once claude has echoed this prompt (an identical prompt looks alike otherwise)
-        echoes = tui.echo_count(self._screen.snapshot())
+        echoes = self._echo_count(self._screen.snapshot())
+        self._turn_echo = echoes
         parts = (prompt,) if isinstance(prompt, str) else tuple(prompt)
         t0 = time.monotonic()
         await self._submit(parts)
@@ -403,7 +430,10 @@ class Session:
         pasted = time.monotonic()
         timings: dict[str, float] = {}
         turn_log = TurnLog()
-        asm = tui.StreamAssembler(tui.text_width(settings.columns))
+        width = self._width()
+        asm = tui.StreamAssembler(width)
+        axs = ax.AxStream(width, "eager" if settings.stream_policy == "eager" else "guarded")
+        ends = self._ends  # ax mode: a D mark after this is the end of this turn
         started = keys is None  # resumed: claude is already at work
         echoed = False
         progress = ""
@@ -433,11 +463,20 @@ class Session:
                     "claude exited during the turn; the request was not answered",
                     answered=started,
                 )
-            st = tui.classify(snap)
+            st = self._state(snap)
             # a refused call (tool_choice none) is answered inside the turn: the reply follows it
             refused = channel is not None and channel.refuse is not None
-            resp = tui.response(snap, after_tools=after_tools or refused)
-            if echoes >= 0:
+            reply = ax.NO_REPLY
+            if self._ax:
+                # the reply follows this turn's own echo, never a `you:` row the model drew
+                reply = ax.reply(snap, self._turn_echo, after_tools=after_tools or refused)
+                resp = reply.response()
+                if echoes >= 0 and reply is not ax.NO_REPLY:
+                    echoes = -1
+                    echoed = True
+            else:
+                resp = tui.response(snap, after_tools=after_tools or refused)
+            if echoes >= 0 and not self._ax:
                 if tui.echo_count(snap) <= echoes:
                     resp = tui.NO_RESPONSE  # still the previous turn's rows
                 else:
@@ -457,7 +496,7 @@ class Session:
                     timings["busy"] = now - t0
                 started = True
             if resp.rows and not resp.error_text:
-                delta = asm.update(resp.rows)
+                delta = axs.update(reply) if self._ax else asm.update(resp.rows)
                 if delta:
                     timings.setdefault("first_delta", now - t0)
                     yield TextDelta(delta)
@@ -465,6 +504,9 @@ class Session:
                 progress, progress_t = resp.progress, now
             # the transcript settles the turn; read it when claude looks done, else now and then
             looks_done = bool(started and not st.busy and (resp.completed or resp.error_text))
+            # ax mode: claude's OSC 133 D mark (model text cannot write one: claude strips ESC
+            # and BEL from it) comes 20-340 ms before the last frame; the transcript follows
+            looks_done = looks_done or (started and self._ends > ends)
             if looks_done:
                 timings.setdefault("screen_done", now - t0)
             if looks_done or parked or now - last_read > 0.25 or resp.interrupted:
@@ -577,13 +619,14 @@ class Session:
             result = _with_calls(result, from_calls)
         elif not turn_log.entries:
             # no transcript: fall back to what the screen showed (should not happen)
-            text = tui.rows_text(
-                tui.response(self._screen.snapshot(), after_tools=after_tools).rows,
-                tui.text_width(settings.columns),
-            )
+            last = self._screen.snapshot()
+            if self._ax:
+                text = ax.reply(last, self._turn_echo, after_tools=after_tools).text(width)
+            else:
+                text = tui.rows_text(tui.response(last, after_tools=after_tools).rows, width)
             blocks = (TextBlock(text),) if text else ()
             result = TurnResult(blocks, "end_turn", result.usage)
-        rest = asm.finish(result.text)
+        rest = axs.finish(result.text) if self._ax else asm.finish(result.text)
         if rest:
             yield TextDelta(rest)
         if result.tool_uses:
@@ -641,7 +684,7 @@ class Session:
         # still handled the text paste stayed text in the input (2.1.332, load average ~10).
         await self._quiet(IMAGE_PASTE_QUIET, IMAGE_ATTACH_TIMEOUT / 2)
         snap = self._screen.snapshot()
-        before = attachments.newest_image(tui.classify(snap).input_text)
+        before = attachments.newest_image(self._state(snap).input_text)
         self._driver.write(tui.paste_keys(attachments.image_paste_text(path)))
         await self._driver.drain()
         deadline = time.monotonic() + IMAGE_ATTACH_TIMEOUT
@@ -652,7 +695,7 @@ class Session:
             seq = snap.seq
             if self._eof:
                 raise OSError("claude exited while attaching an image")
-            text = tui.classify(snap).input_text
+            text = self._state(snap).input_text
             if attachments.newest_image(text) > before:
                 return
             # Under load claude can show the pasted path as text for a moment before it turns
@@ -693,8 +736,9 @@ class Session:
         while time.monotonic() < deadline:
             snap = await self._next_snapshot(seq)
             seq = snap.seq
-            st = tui.classify(snap)
-            if st.dialog == "rewind":
+            st = self._state(snap)
+            # (ax mode names no Rewind dialog: any dialog there is closed the same way)
+            if st.dialog == "rewind" or (self._ax and st.dialog is not None):
                 self._driver.write(tui.ESC)
                 continue
             if st.ready:

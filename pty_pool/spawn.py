@@ -18,7 +18,7 @@ from pathlib import Path
 from claude_relay.protocols import errors
 from claude_relay.protocols.model import SpawnSpec, SystemMode
 
-from . import isolation, versions
+from . import ax, isolation, versions
 from .broker import SERVER_NAME
 from .settings import PoolSettings
 
@@ -173,6 +173,9 @@ def build_argv(
         replace = spec.system_mode == "replace"
         argv += ["--system-prompt-file" if replace else "--append-system-prompt-file"]
         argv += [str(system_file)]
+    if settings.screen_mode == "ax":
+        # word-level screen-reader rendering with OSC 133 turn marks (ax.py reads it)
+        argv.append(ax.FLAG)
     argv += list(settings.extra_args)
     return argv
 

@@ -86,8 +86,16 @@ def test_busy_and_typed_input_are_not_ready() -> None:
 def test_a_multi_line_input_is_seen_under_its_hint() -> None:
     # 2.1.332 while the relay's split paste sits in the input box (before Enter)
     st = ax.classify(screen("ctrl+g to edit in Vim", "$\u00a0 line one", "line two"))
-    assert st.input_text == "line one"
+    assert st.input_text == "line one\nline two"
     assert not st.ready
+
+
+def test_an_attached_image_is_part_of_the_input() -> None:
+    # 2.1.332: the placeholder sits below the `$` row, after a blank row
+    snap = screen(
+        "don't ask on (shift+tab to cycle)", "$\u00a0 What colour is this?", "", "[Image #1]"
+    )
+    assert ax.screen_state(snap).input_text == "What colour is this?\n\n[Image #1]"
 
 
 def test_a_dialog_is_named_and_never_ready() -> None:

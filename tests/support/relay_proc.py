@@ -172,6 +172,8 @@ async def start_relay(
                     await asyncio.sleep(0.05)
         finally:
             keep = os.environ.get("CLAUDE_RELAY_E2E_LOGS")
-            if keep:
-                shutil.copy(log_path, Path(keep) / f"daemon-{port}.log")
+            if keep:  # a missing directory must not cost a long run its report
+                dest = Path(keep) / f"daemon-{port}.log"
+                await asyncio.to_thread(dest.parent.mkdir, parents=True, exist_ok=True)
+                shutil.copy(log_path, dest)
             shutil.rmtree(tmp, ignore_errors=True)
