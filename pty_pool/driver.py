@@ -305,6 +305,26 @@ class PtyDriver:
             return None
         return len(self._out) + int(queued)
 
+    def cpu_seconds(self) -> float | None:
+        """CPU time claude has used so far (user + system, /proc/<pid>/stat), or None where that
+        cannot be read (not Linux, gone). A claude whose CPU time grows is at work on what it
+        was sent even while its screen stays still (digesting a long paste on a loaded machine).
+        """
+        pid = self.pid
+        if pid is None or self._eof or not sys.platform.startswith("linux"):
+            return None
+        try:
+            fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_NONBLOCK)
+            try:
+                raw = os.read(fd, 4096)
+            finally:
+                os.close(fd)
+            # the fields after the command name, which may itself hold spaces and parentheses
+            fields = raw[raw.rindex(b")") + 2 :].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, IndexError):
+            return None
+
     def resize(self, rows: int, cols: int) -> None:
         if self._proc is not None and not self._eof:
             self._proc.setwinsize(rows, cols)

@@ -75,6 +75,14 @@ READY_QUIET = 0.25
 AX_READY_WITHOUT_QUERY = 2.0
 RESUBMIT_AFTER = 1.5  # no echo, not busy, empty input this long after a paste: it was lost
 PROMPT_LOST_AFTER = 10.0  # after the resubmits, a screen still this long: claude did not take it
+# A claude that draws nothing after a paste may still be digesting it: a 300-line prompt is ~150
+# pastes, which 2.1.332 on a loaded machine took over 10 s to take in before drawing anything,
+# and a second copy pasted meanwhile doubled the prompt and wedged the turn. CPU time it spends
+# (sampled every CPU_SAMPLE s; an idle claude uses ~3 % of a core) counts as a screen change,
+# for at most PROMPT_BUSY_MAX s after the paste.
+CPU_SAMPLE = 1.0
+BUSY_CPU = 0.05
+PROMPT_BUSY_MAX = 60.0
 # A turn still running this long is logged once with what it waits on (the screen, the parked
 # calls, the transcript's state): a slow turn's cause is otherwise invisible in the log.
 SLOW_TURN_LOG = 30.0
@@ -441,6 +449,7 @@ class Session:
         progress_t = pasted
         drawn: tuple[str, ...] = ()
         drawn_t = pasted
+        cpu_t, cpu_last = pasted, self._driver.cpu_seconds()
         idle_since: float | None = None
         seq = -1
         last_read = 0.0
@@ -543,6 +552,11 @@ class Session:
             else:
                 idle_since = None
             if keys is not None and not started and not st.busy:
+                if now - cpu_t >= CPU_SAMPLE and now - pasted < PROMPT_BUSY_MAX:
+                    cpu = self._driver.cpu_seconds()
+                    if cpu is not None and cpu_last is not None and cpu - cpu_last >= BUSY_CPU:
+                        drawn_t = now  # at work on what was pasted: not lost, not stuck
+                    cpu_t, cpu_last = now, cpu
                 quiet = now - max(pasted, drawn_t)
                 if (
                     quiet > RESUBMIT_AFTER * (resubmitted + 1)

@@ -144,6 +144,9 @@ def paste_sequence(text: str, *, wraps: bool) -> bytes:
 # The input box's rules. A session started with `--name` (spawn: it spares 2.1.197 a title
 # request per conversation) shows that name at the right end of the top rule: `───── api ──`.
 _RULE = re.compile(r"^─{20,}(?: \S[^─]{0,38} ─{1,4})?$")
+# An input taller than the box (a prompt of hundreds of lines, 2.1.332) scrolls: its top rule
+# reads `─── ↑ 282 more ───…` and the `❯` row is out of sight.
+_MORE_RULE = re.compile(r"^─{1,8} ↑ \d+ more ─{10,}$")
 _PROMPT = re.compile(r"^❯(?:[\u00a0 ]|$)")
 # the title's spinner while busy: braille dots (2.1.197), half circles (2.1.332)
 _SPINNER_TITLE = re.compile(r"^[\u2800-\u28ff◐◓◑◒] ")
@@ -206,10 +209,9 @@ def _input_box(rows: tuple[Row, ...]) -> tuple[int, int] | None:
     """(top rule index, prompt index) of the bottom-most input box, or None."""
     for i in range(len(rows) - 1, 0, -1):
         # the prompt may wrap over several rows; a rule must follow somewhere below
-        if (
-            _PROMPT.match(rows[i].text)
-            and _RULE.match(rows[i - 1].text)
-            and any(_RULE.match(r.text) for r in rows[i + 1 :])
+        top = rows[i - 1].text
+        if ((_PROMPT.match(rows[i].text) and _RULE.match(top)) or _MORE_RULE.match(top)) and any(
+            _RULE.match(r.text) for r in rows[i + 1 :]
         ):
             return i - 1, i
     return None
@@ -234,6 +236,9 @@ def classify(snap: Snapshot) -> ScreenState:
         input_text = "\n".join(parts).strip("\u00a0 \n")
         if _placeholder(rows[prompt], bottom - prompt):
             input_text = ""
+        if _MORE_RULE.match(rows[prompt - 1].text):
+            # only the input's last rows are in sight (maybe blank ones): it is not empty
+            input_text = input_text or "…"
         footer = " ".join(r.text.strip() for r in rows[bottom + 1 :] if r.text.strip())
     busy = BUSY_FOOTER in footer or bool(_SPINNER_TITLE.match(snap.title))
     dialog = _dialog(rows) if box is None else None

@@ -215,6 +215,24 @@ async def test_unread_input_tells_a_slow_reader_from_a_lost_write(spawn: Spawn) 
     assert reader.driver.unread_input() is None
 
 
+async def test_cpu_seconds_tell_a_busy_child_from_an_idle_one(spawn: Spawn) -> None:
+    """A claude that draws nothing may be at work on a long paste: its CPU time says so."""
+    idle = await spawn("raw_idle.py")
+    await idle.expect(b"ready")
+    busy = await spawn("busy.py")
+    await busy.expect(b"ready")
+    start = (idle.driver.cpu_seconds(), busy.driver.cpu_seconds())
+    assert None not in start
+    await until(
+        lambda: (busy.driver.cpu_seconds() or 0) - (start[1] or 0) >= 0.2,
+        timeout=10,
+        what="the busy child's CPU time to grow",
+    )
+    assert (idle.driver.cpu_seconds() or 0) - (start[0] or 0) < 0.1
+    await busy.driver.terminate(grace=1.0)
+    assert busy.driver.cpu_seconds() is None  # gone
+
+
 # --- terminate ----------------------------------------------------------------------------------
 async def test_terminate_sends_sigterm_and_reaps(spawn: Spawn) -> None:
     child = await spawn("sleeper.py")

@@ -188,3 +188,21 @@ def test_model_text_that_looks_like_a_labelled_rule_is_no_box() -> None:
         _screen("● " + "─" * 30 + " a long sentence of model prose, not a label ──").snapshot()
     )
     assert not st.input_box
+
+
+def test_an_input_taller_than_its_box_is_neither_gone_nor_empty() -> None:
+    """A 300-line prompt scrolls the box (2.1.332, `bench.fuzz --seed 1 --case 1215`): the `❯`
+    row is out of sight and the rows in sight may be blank. It is still the box, and not empty:
+    taking it for an empty prompt pasted the prompt a second time."""
+    st = tui.classify(
+        _screen(
+            "● earlier reply",
+            "─── ↑ 282 more " + "─" * 100,
+            "",
+            "",
+            "  ",
+            "─" * 118,
+            "  ⏵⏵ don't ask on (shift+tab to cycle)",
+        ).snapshot()
+    )
+    assert st.input_box and st.input_text and not st.ready and not st.busy

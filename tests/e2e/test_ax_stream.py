@@ -25,7 +25,8 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 PROSE = "\n\n".join(" ".join(f"p{p}w{i}" for i in range(40)) for p in range(3)) + "\n\nThe end."
 MARKDOWN = (
     "Here is the plan, in short, before any markdown: a sentence or two of plain prose that "
-    "streams word by word while the model writes it.\n\n# Steps\n\n1. Read the **config**.\n2. Run `make`.\n\n"
+    "streams word by word while the model writes it.\n\n"
+    "# Steps\n\n1. Read the **config**.\n2. Run `make`.\n\n"
     "```python\nprint('hi')\n```\n\nSee [the docs](https://example.com/docs).\n"
 )
 # 4 characters per upstream delta, 20 deltas a second: about a word every 0.25 s
