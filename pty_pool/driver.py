@@ -310,6 +310,16 @@ class PtyDriver:
         cannot be read (not Linux, gone). A claude whose CPU time grows is at work on what it
         was sent even while its screen stays still (digesting a long paste on a loaded machine).
         """
+        stat = self._stat()
+        return None if stat is None else stat[0]
+
+    def asleep(self) -> bool | None:
+        """Whether claude's main thread sleeps (state S: its event loop waits for input, nothing
+        queued), or None where that cannot be read."""
+        stat = self._stat()
+        return None if stat is None else stat[1] == "S"
+
+    def _stat(self) -> tuple[float, str] | None:
         pid = self.pid
         if pid is None or self._eof or not sys.platform.startswith("linux"):
             return None
@@ -321,7 +331,8 @@ class PtyDriver:
                 os.close(fd)
             # the fields after the command name, which may itself hold spaces and parentheses
             fields = raw[raw.rindex(b")") + 2 :].split()
-            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            return cpu, fields[0].decode()
         except (OSError, ValueError, IndexError):
             return None
 

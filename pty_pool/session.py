@@ -93,9 +93,14 @@ PARKED_TRANSCRIPT_GRACE = 3.0
 TOOLS_LISTED_TIMEOUT = 5.0  # claude re-lists tools at once on list_changed (~10 ms measured)
 TOOLS_LIST_TRIES = 2
 # ...but applies the new list a moment later: a prompt sent right after the re-list still went out
-# without the tools in 1 of 8 tries (v2.1.197); 50 ms sufficed in 12 of 12. There is no signal
-# to wait for, so this fixed settle is paid whenever a claude's tool set changes.
-TOOLS_SETTLE = 0.1
+# without the tools in 1 of 8 tries (v2.1.197); 50 ms sufficed in 12 of 12 on an idle machine,
+# and under load even 100 ms did not always (a model call of a tool claude did not have yet).
+# claude shows nothing when it is done, so the wait is for its event loop to fall idle: its main
+# thread asleep and no CPU spent over one TOOLS_IDLE_STEP, at least TOOLS_SETTLE, at most
+# TOOLS_SETTLE_MAX (or TOOLS_SETTLE alone where /proc cannot tell).
+TOOLS_SETTLE = 0.05
+TOOLS_IDLE_STEP = 0.03
+TOOLS_SETTLE_MAX = 1.0
 # a pasted image path shows as `[Image #N]` 20–110 ms later (0.2–0.4 s for a 6.7 MB PNG that
 # claude resizes); beyond this claude did not take it
 IMAGE_ATTACH_TIMEOUT = 10.0
@@ -405,7 +410,19 @@ class Session:
                     f"within {TOOLS_LISTED_TIMEOUT * TOOLS_LIST_TRIES:.0f}s",
                     answered=False,
                 )
-            await asyncio.sleep(TOOLS_SETTLE)
+            await self._settle()
+
+    async def _settle(self) -> None:
+        """Wait until claude has taken in what it was just sent (see TOOLS_SETTLE)."""
+        await asyncio.sleep(TOOLS_SETTLE)
+        deadline = time.monotonic() + TOOLS_SETTLE_MAX - TOOLS_SETTLE
+        before = self._driver.cpu_seconds()
+        while before is not None and time.monotonic() < deadline:
+            await asyncio.sleep(TOOLS_IDLE_STEP)
+            now = self._driver.cpu_seconds()
+            if now is None or (now == before and self._driver.asleep()):
+                return
+            before = now
 
     async def _turn(self, prompt: Prompt) -> AsyncIterator[TurnEvent]:
         if self._tail.path is not None:

@@ -229,6 +229,8 @@ async def test_cpu_seconds_tell_a_busy_child_from_an_idle_one(spawn: Spawn) -> N
         what="the busy child's CPU time to grow",
     )
     assert (idle.driver.cpu_seconds() or 0) - (start[0] or 0) < 0.1
+    assert idle.driver.asleep() is True  # its event loop waits for input
+    assert busy.driver.asleep() is False
     await busy.driver.terminate(grace=1.0)
     assert busy.driver.cpu_seconds() is None  # gone
 

@@ -129,7 +129,11 @@ async def start_relay(
     tmp = Path(tempfile.mkdtemp(prefix="relay-e2e-"))
     if home is None:
         home = tmp / "home"
-        await asyncio.to_thread(make_home, home)  # file writes: not on the test's event loop
+        try:
+            await asyncio.to_thread(make_home, home)  # file writes: not on the test's event loop
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)  # nothing else owns it yet
+            raise
     port = free_port()
     e = child_env(home, upstream.url)
     e.update({f"CLAUDE_RELAY_{k.upper()}": v for k, v in env.items()})
