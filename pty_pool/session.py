@@ -101,6 +101,10 @@ TOOLS_LIST_TRIES = 2
 TOOLS_SETTLE = 0.05
 TOOLS_IDLE_STEP = 0.03
 TOOLS_SETTLE_MAX = 1.0
+# the same wait before the Enter of a prompt pasted in several pieces, idle for longer (claude may
+# sit on a timer while it joins pastes)
+PASTE_SETTLE_MAX = 10.0
+PASTE_IDLE_STEPS = 5
 # a pasted image path shows as `[Image #N]` 20–110 ms later (0.2–0.4 s for a 6.7 MB PNG that
 # claude resizes); beyond this claude did not take it
 IMAGE_ATTACH_TIMEOUT = 10.0
@@ -412,15 +416,20 @@ class Session:
                 )
             await self._settle()
 
-    async def _settle(self) -> None:
-        """Wait until claude has taken in what it was just sent (see TOOLS_SETTLE)."""
+    async def _settle(self, within: float = TOOLS_SETTLE_MAX, steps: int = 1) -> None:
+        """Wait until claude has taken in what it was just sent (see TOOLS_SETTLE): idle for
+        `steps` TOOLS_IDLE_STEPs in a row, within `within` seconds."""
         await asyncio.sleep(TOOLS_SETTLE)
-        deadline = time.monotonic() + TOOLS_SETTLE_MAX - TOOLS_SETTLE
+        deadline = time.monotonic() + within - TOOLS_SETTLE
         before = self._driver.cpu_seconds()
+        idle = 0
         while before is not None and time.monotonic() < deadline:
             await asyncio.sleep(TOOLS_IDLE_STEP)
             now = self._driver.cpu_seconds()
-            if now is None or (now == before and self._driver.asleep()):
+            if now is None:
+                return
+            idle = idle + 1 if now == before and self._driver.asleep() else 0
+            if idle >= steps:
                 return
             before = now
 
@@ -685,14 +694,21 @@ class Session:
         """Paste the prompt's parts in order, each image path alone (claude moves text that
         shares a paste with an image path), then Enter."""
         try:
+            pastes = 0
             for i, part in enumerate(parts):
                 if isinstance(part, Path):
                     await self._attach_image(part)
                     continue
                 # only the prompt's very start can make a slash command or bash mode
                 text = tui.sanitize_prompt(part, at_start=i == 0)
-                self._driver.write(tui.paste_sequence(text, wraps=self._wraps))
+                keys = tui.paste_sequence(text, wraps=self._wraps)
+                pastes += keys.count(tui.PASTE_START)
+                self._driver.write(keys)
                 await self._driver.drain()
+            if pastes > 1:
+                # An Enter that reached 2.1.332 while it was still taking in a long prompt's
+                # pastes (a loaded machine) was lost: the prompt stayed in the input box.
+                await self._settle(PASTE_SETTLE_MAX, steps=PASTE_IDLE_STEPS)
             await asyncio.sleep(tui.ENTER_DELAY)
             self._driver.write(tui.ENTER)
         except OSError as exc:  # BrokenPipeError: it died between turns
