@@ -36,10 +36,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from claude_relay.daemon.fake_upstream import FakeUpstream, Reply, ToolUse
 from claude_relay.daemon.mcp import serving
@@ -620,10 +620,7 @@ async def bench_ax(
                     for i in range(n):
                         up.push(text=source, chunk_chars=TOKEN_CHARS, delay=1 / rate)
                         pid = c.driver.pid if c.driver else None
-                        cpu0 = (time.process_time(), _cpu(pid))
-                        turn = await c.turn(f"{kind} {rate} {i}")
-                        done = await asyncio.wait_for(up.finished.get(), 30)
-                        cpu = (time.process_time() - cpu0[0], _cpu(pid) - cpu0[1])
+                        turn, done, cpu = await _timed(up, pid, c.turn(f"{kind} {rate} {i}"))
                         for policy, deltas in turn.streams.items():
                             rows.append(
                                 figures(
@@ -640,6 +637,19 @@ async def bench_ax(
         finally:
             await c.close()
     return rows
+
+
+T = TypeVar("T")
+
+
+async def _timed(
+    up: UpstreamProc, pid: int | None, turn: Awaitable[T]
+) -> tuple[T, dict[str, Any], tuple[float, float]]:
+    """Run one turn; its result, the upstream's report of the reply, and (relay, claude) CPU s."""
+    cpu0 = (time.process_time(), _cpu(pid))
+    out = await turn
+    done = await asyncio.wait_for(up.finished.get(), 30)
+    return out, done, (time.process_time() - cpu0[0], _cpu(pid) - cpu0[1])
 
 
 async def bench_session(
@@ -661,10 +671,9 @@ async def bench_session(
                 for rate in rates:
                     for i in range(n):
                         up.push(text=source, chunk_chars=TOKEN_CHARS, delay=1 / rate)
-                        cpu0 = (time.process_time(), _cpu(s.pid))
-                        deltas, _exact = await today_turn(s, f"{kind} {rate} {i}")
-                        done = await asyncio.wait_for(up.finished.get(), 30)
-                        cpu = (time.process_time() - cpu0[0], _cpu(s.pid) - cpu0[1])
+                        (deltas, _exact), done, cpu = await _timed(
+                            up, s.pid, today_turn(s, f"{kind} {rate} {i}")
+                        )
                         rows.append(
                             figures(
                                 f"relay-{mode}",

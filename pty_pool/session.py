@@ -468,8 +468,11 @@ class Session:
         timings: dict[str, float] = {}
         turn_log = TurnLog()
         width = self._width()
-        asm = tui.StreamAssembler(width)
-        axs = ax.AxStream(width, "eager" if settings.stream_policy == "eager" else "guarded")
+        stream: ax.AxStream | tui.StreamAssembler = (
+            ax.AxStream(width, "eager" if settings.stream_policy == "eager" else "guarded")
+            if self._ax
+            else tui.StreamAssembler(width)
+        )
         ends = self._ends  # ax mode: a D mark after this is the end of this turn
         started = keys is None  # resumed: claude is already at work
         echoed = False
@@ -514,10 +517,9 @@ class Session:
                     echoed = True
             else:
                 resp = tui.response(snap, after_tools=after_tools or refused)
-            if echoes >= 0 and not self._ax:
-                if tui.echo_count(snap) <= echoes:
+                if echoes >= 0 and tui.echo_count(snap) <= echoes:
                     resp = tui.NO_RESPONSE  # still the previous turn's rows
-                else:
+                elif echoes >= 0:
                     echoes = -1  # echoed: no need to count again
                     echoed = True
             if not started:
@@ -534,7 +536,10 @@ class Session:
                     timings["busy"] = now - t0
                 started = True
             if resp.rows and not resp.error_text:
-                delta = axs.update(reply) if self._ax else asm.update(resp.rows)
+                if isinstance(stream, ax.AxStream):
+                    delta = stream.update(reply)
+                else:
+                    delta = stream.update(resp.rows)
                 if delta:
                     timings.setdefault("first_delta", now - t0)
                     yield TextDelta(delta)
@@ -669,7 +674,7 @@ class Session:
                 text = tui.rows_text(tui.response(last, after_tools=after_tools).rows, width)
             blocks = (TextBlock(text),) if text else ()
             result = TurnResult(blocks, "end_turn", result.usage)
-        rest = axs.finish(result.text) if self._ax else asm.finish(result.text)
+        rest = stream.finish(result.text)
         if rest:
             yield TextDelta(rest)
         if result.tool_uses:

@@ -51,23 +51,32 @@ def anthropic_client(relay: Relay) -> anthropic.AsyncAnthropic:
     return anthropic.AsyncAnthropic(base_url=relay.url, api_key="x", max_retries=0)
 
 
-async def test_paced_prose_streams_word_by_word_and_exact(
-    ax_relay: Relay, axup: FakeUpstream
-) -> None:
-    axup.push(Reply(text=PROSE, chunk_chars=CHUNK, delay=DELAY))
+async def stream_deltas(
+    relay: Relay, up: FakeUpstream, prompt: str
+) -> tuple[list[str], int, anthropic.types.Message]:
+    """A streamed Messages call: its text deltas, how many came before the upstream finished,
+    and the SDK's final message."""
     deltas: list[str] = []
     before_end = 0
     async with (
-        anthropic_client(ax_relay) as c,
+        anthropic_client(relay) as c,
         c.messages.stream(
-            model="default", max_tokens=1000, messages=[{"role": "user", "content": "prose"}]
+            model="default", max_tokens=1000, messages=[{"role": "user", "content": prompt}]
         ) as stream,
     ):
         async for t in stream.text_stream:
             deltas.append(t)
-            if axup.main_requests[-1].finished_time is None:
+            if up.main_requests[-1].finished_time is None:
                 before_end += 1
         final = await stream.get_final_message()
+    return deltas, before_end, final
+
+
+async def test_paced_prose_streams_word_by_word_and_exact(
+    ax_relay: Relay, axup: FakeUpstream
+) -> None:
+    axup.push(Reply(text=PROSE, chunk_chars=CHUNK, delay=DELAY))
+    deltas, before_end, final = await stream_deltas(ax_relay, axup, "prose")
     assert "".join(deltas) == PROSE  # byte-exact, paragraph breaks included
     assert final.content[0].type == "text" and final.content[0].text == PROSE
     # 122 words paced over ~9 s: the default screen gives one delta per 120-column row (~7);
@@ -92,15 +101,7 @@ async def test_paced_prose_streams_to_openai_too(ax_relay: Relay, axup: FakeUpst
 
 async def test_paced_markdown_ends_exactly_as_written(ax_relay: Relay, axup: FakeUpstream) -> None:
     axup.push(Reply(text=MARKDOWN, chunk_chars=CHUNK, delay=DELAY))
-    deltas: list[str] = []
-    async with (
-        anthropic_client(ax_relay) as c,
-        c.messages.stream(
-            model="default", max_tokens=1000, messages=[{"role": "user", "content": "md"}]
-        ) as stream,
-    ):
-        async for t in stream.text_stream:
-            deltas.append(t)
+    deltas, _, _ = await stream_deltas(ax_relay, axup, "md")
     # fences, heading, bold, code and link as the model wrote them: nothing the screen lost
     # was ever sent, the rest came from the transcript
     assert "".join(deltas) == MARKDOWN
