@@ -153,6 +153,7 @@ class PtyDriver:
         self._on_output = on_output
         self._on_eof = on_eof
         self._proc: PtyProcess | None = None
+        self._forking: asyncio.Future[PtyProcess] | None = None
         self._fd = -1
         self._out = bytearray()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -176,10 +177,17 @@ class PtyDriver:
             self._argv = list(argv)
         check_exec_args(self._argv, self._env)
         self._loop = asyncio.get_running_loop()
-        proc = await self._loop.run_in_executor(_SPAWNER, self._spawn)
+        self._forking = self._loop.run_in_executor(_SPAWNER, self._spawn)
+        # A cancelled caller cannot stop the fork in its thread; the child it makes is adopted
+        # by terminate(), which the caller's clean-up runs.
+        self._adopt(await asyncio.shield(self._forking))
+
+    def _adopt(self, proc: PtyProcess) -> None:
+        self._forking = None
         self._proc = proc
         self._fd = int(proc.fd)
         os.set_blocking(self._fd, False)
+        assert self._loop is not None
         self._loop.add_reader(self._fd, self._readable)
         log.debug("spawned", extra={"pid": proc.pid})
 
@@ -368,8 +376,14 @@ class PtyDriver:
 
     async def terminate(self, *, polite: bytes | None = None, grace: float = 2.0) -> int | None:
         """Stop the child and reap it. Returns its exit status (negative: killed by signal)."""
-        if self._proc is None:
-            return None
+        if self._proc is None and self._forking is not None:
+            # start() was cancelled while the spawner thread forked: the child is ours to stop
+            with contextlib.suppress(Exception):
+                self._adopt(await asyncio.shield(self._forking))
+        if self._proc is None or self._proc.closed:
+            # never started, or already stopped: signalling its group again could hit a
+            # process that has since been given the same id
+            return self.exit_status
         if self.poll() and polite is not None and not self._eof:
             with contextlib.suppress(OSError):
                 self.write(polite)

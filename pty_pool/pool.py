@@ -16,6 +16,7 @@ import math
 import os
 import time
 import uuid
+import weakref
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator, Coroutine
 from dataclasses import dataclass, field, replace
@@ -407,6 +408,9 @@ class Pool:
         # recently asked-for spawn settings → how often (of the last RECENT_SPECS distinct ones)
         self._recent: OrderedDict[SpawnSpec, int] = OrderedDict()
         self._tasks: set[asyncio.Task[None]] = set()
+        # every claude this pool started and not yet collected: close() stops any a code path
+        # lost track of (a start cancelled between maps), so none outlives the pool
+        self._made: weakref.WeakSet[Session] = weakref.WeakSet()
         self._binary: str | None = None
         self.cli_version: str | None = None  # what `claude --version` said at start
         self._claude_error: str | None = None
@@ -502,6 +506,10 @@ class Pool:
             for t in pending:
                 t.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+        stragglers = [s for s in self._made if s.pid is not None and s.state != "dead"]
+        if stragglers:
+            log.warning("%d claude sessions were in no map at close", len(stragglers))
+        await asyncio.gather(*(s.close() for s in list(self._made)), return_exceptions=True)
 
     def _spawn_task(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.ensure_future(coro)
@@ -555,7 +563,7 @@ class Pool:
         ephemeral: bool = True,
     ) -> Session:
         assert self._binary is not None
-        return Session(
+        session = Session(
             spec,
             self.settings,
             self._binary,
@@ -565,6 +573,8 @@ class Pool:
             broker=self.broker,
             cli_version=self.cli_version,
         )
+        self._made.add(session)
+        return session
 
     def _default_spec(self) -> SpawnSpec:
         return spawn_spec("default", None, self.settings)
@@ -891,9 +901,10 @@ class Pool:
         self.spawned += 1
         try:
             await session.start()
-        except errors.RelayError:
+        except BaseException as exc:
+            # a cancelled start (the client left) must stop its claude too, or nothing would
             await session.close()
-            if fresh:
+            if fresh or not isinstance(exc, errors.RelayError):
                 raise
             log.warning("could not resume claude session %s", sticky.claude_id)
             return None

@@ -10,13 +10,14 @@ import hashlib
 import os
 import signal
 import sys
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
 from blockbuster import BlockingError, blockbuster_ctx
 
-from claude_relay.pty_pool.driver import PtyDriver, SpawnRefused
+from claude_relay.pty_pool.driver import _SPAWNER, PtyDriver, SpawnRefused
 from tests.helpers.proc import children, helper, reaped, running, state, until
 
 pytestmark = pytest.mark.timeout(20)
@@ -289,6 +290,28 @@ async def test_terminate_is_idempotent(spawn: Spawn) -> None:
     with pytest.raises(BrokenPipeError):
         child.driver.write(b"x")
     child.driver.resize(30, 100)  # a no-op once the child is gone
+
+
+async def test_a_start_cancelled_while_forking_leaves_its_child_to_terminate(
+    tmp_path: Path,
+) -> None:
+    """The fork runs on the spawner thread, which a cancelled caller cannot stop: the child it
+    makes after the cancel is still stopped and reaped by terminate() (seen in CI: a claude
+    outlived its pool)."""
+    child = Child([sys.executable, helper("sleeper.py")], tmp_path)
+    release = threading.Event()
+    # hold the one spawner thread so the fork happens only after the cancel
+    hold = asyncio.get_running_loop().run_in_executor(_SPAWNER, release.wait, 5.0)
+    start = asyncio.ensure_future(child.driver.start())
+    await asyncio.sleep(0)  # let start() queue its fork
+    start.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await start
+    release.set()
+    await hold
+    status = await child.driver.terminate(grace=0)
+    assert status is not None
+    assert reaped(child.pid)
 
 
 # --- dying with the parent ----------------------------------------------------------------------

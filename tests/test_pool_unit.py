@@ -334,7 +334,15 @@ async def test_close_while_a_session_is_starting(fake: FakeClaude) -> None:
 async def test_new_sticky_ids_count_while_their_claude_starts(fake: FakeClaude) -> None:
     """max_sticky holds for calls on new ids that arrive together: an id whose claude is still
     starting counts (before, only ids with a live claude did, so both calls passed the check)."""
-    pool = fake.pool(warm=0, max_busy=4, max_sticky=1, turn_timeout=20.0)
+    # the first claude stays starting for a while (under load one ready at once raced the
+    # check), so the test also ends with a turn cancelled while its claude starts
+    pool = fake.pool(
+        warm=0,
+        max_busy=4,
+        max_sticky=1,
+        turn_timeout=20.0,
+        extra_env=(("FAKE_CLAUDE_READY_DELAY", "5"),),
+    )
     await pool.start()
     first = asyncio.create_task(run_turn(pool, dataclasses.replace(REQUEST, session_id="a")))
     try:
