@@ -31,6 +31,7 @@ CONFIG_ENV: Final = "CLAUDE_RELAY_CONFIG"
 SystemMode = Literal["append", "replace"]
 ScreenMode = Literal["rows", "ax"]
 StreamPolicy = Literal["guarded", "eager"]
+StatelessReset = Literal["respawn", "clear"]
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 LogFormat = Literal["text", "json"]
 
@@ -92,6 +93,8 @@ class Config:
     max_sticky_queue: int = 4  # calls queued behind a running one per sticky id; then 529
     max_kept: int = 2  # claudes kept with a stateless conversation for its next call; 0: off
     kept_idle_timeout: float = 300.0  # seconds a kept claude waits for its conversation's next call
+    # "clear": a stateless turn's claude is reset with /clear and reused, not respawned
+    stateless_reset: StatelessReset = "respawn"
     tool_result_timeout: float = 600.0  # seconds a parked tool call waits for its tool_result
     agent_tools: str | None = None  # comma-separated claude built-in tools to enable (agent mode)
     ping_interval: float = 10.0  # idle seconds before an SSE ping keeps proxies from timing out
@@ -167,6 +170,7 @@ class Config:
             max_sticky_queue=self.max_sticky_queue,
             max_kept=self.max_kept,
             kept_idle_timeout=self.kept_idle_timeout,
+            stateless_reset=self.stateless_reset,
             tool_result_timeout=self.tool_result_timeout,
             agent_tools=tuple(t.strip() for t in (self.agent_tools or "").split(",") if t.strip()),
             attachments_dir=self.attachments_dir,
@@ -231,6 +235,7 @@ _SPECS: Final[dict[str, _Spec]] = {
     "max_sticky_queue": _Int(0, 10000),
     "max_kept": _Int(0, 1000),
     "kept_idle_timeout": _Float(0, lo_open=True),
+    "stateless_reset": _Choice(("respawn", "clear")),
     "tool_result_timeout": _Float(0, lo_open=True),
     "agent_tools": _Str(optional=True),
     "ping_interval": _Float(0, lo_open=True),

@@ -121,6 +121,9 @@ class SpawnSpec:
     # distinct request values do not each need a claude of their own; None: claude's default
     max_output: int | None = None
     thinking: int | None = None
+    # slash commands on: only for a stateless claude the relay resets with its own `/clear`
+    # (stateless_reset = "clear") and whose callers' text cannot start a command
+    commands: bool = False
 
 
 MAX_SESSION_ID_LENGTH: Final = 128

@@ -56,6 +56,7 @@ RECENT_SPECS = 8  # distinct spawn settings remembered for warming
 # timestamp in it is enough) spawns its own claude instead of evicting the default warm one.
 WARM_AFTER_USES = 2
 SWEEP_INTERVAL = 300.0  # seconds between sweeps of attachment directories left by crashes
+SPARE_IDLE = 60.0  # a reset claude beyond `warm` that nobody took this long is closed
 
 
 def _tool_results(req: TurnRequest) -> tuple[ToolResultBlock, ...]:
@@ -185,7 +186,7 @@ class Turn:
                 async for ev in session.resume_turn(_tool_results(req)):
                     yield ev
                 return
-            spec = self._spec or check_request(req, pool.settings)
+            spec = pool._stateless_spec(self._spec or check_request(req, pool.settings), req)
             # a history that extends a conversation a kept claude holds continues there: only
             # the new messages are pasted (no spawn, no replay of the whole history)
             kept = pool._take_kept(req, spec)
@@ -382,6 +383,14 @@ def check_request(req: TurnRequest, settings: PoolSettings) -> SpawnSpec:
     return spec
 
 
+def _could_start_command(req: TurnRequest) -> bool:
+    """Whether a piece of text the turn could paste might start a slash command: any text
+    block of the request, and any text part of its rendering (what follows an image)."""
+    texts = [b.text for m in req.messages for b in m.content if isinstance(b, TextBlock)]
+    texts += [p for p in render_parts(req.messages) if isinstance(p, str)]
+    return any(tui.starts_command(t) for t in texts)
+
+
 def _has_files(req: TurnRequest) -> bool:
     """Whether any message carries an image or a document (tool results included)."""
     for m in req.messages:
@@ -404,6 +413,13 @@ class Pool:
         self._waiting = 0  # admitted turns not yet holding a slot
         self._warm: OrderedDict[SpawnSpec, list[Session]] = OrderedDict()
         self._starting: dict[SpawnSpec, int] = {}
+        # stateless_reset = "clear": claudes being reset for their next caller, by spawn
+        # settings (counted as warm-to-be), and the lock that runs one reset at a time (a reset
+        # finds its new transcript as the one unknown new file: see Session.reset)
+        self._resetting: dict[SpawnSpec, int] = {}
+        self._reset_lock = asyncio.Lock()
+        self.resets = 0  # claudes put back warm after a reset
+        self._refreshed = 0.0  # when recycle() last replaced the warm claudes
         self._busy: set[Session] = set()
         # recently asked-for spawn settings → how often (of the last RECENT_SPECS distinct ones)
         self._recent: OrderedDict[SpawnSpec, int] = OrderedDict()
@@ -577,7 +593,20 @@ class Pool:
         return session
 
     def _default_spec(self) -> SpawnSpec:
-        return spawn_spec("default", None, self.settings)
+        """The spawn settings kept warm when no others are asked for often."""
+        return replace(
+            spawn_spec("default", None, self.settings),
+            commands=self.settings.stateless_reset == "clear",
+        )
+
+    def _stateless_spec(self, spec: SpawnSpec, req: TurnRequest) -> SpawnSpec:
+        """A stateless turn's spawn settings. With `stateless_reset = "clear"` its claude has
+        slash commands on, for the relay's `/clear` after the turn, unless some text of the
+        request could start one there (`tui.starts_command`): that turn gets a claude with them
+        off, closed after it."""
+        if self.settings.stateless_reset != "clear" or _could_start_command(req):
+            return spec
+        return replace(spec, commands=True)
 
     async def _acquire(self, spec: SpawnSpec) -> Session:
         self._recent[spec] = self._recent.get(spec, 0) + 1
@@ -599,7 +628,8 @@ class Pool:
                 self._spawn_task(session.close(), "close dead")
             # A session for this spec is already starting and nobody else waits for it: waiting
             # is cheaper than a second cold spawn competing for the same CPU.
-            if self._starting.get(spec, 0) <= self._waiters.get(spec, 0):
+            coming = self._starting.get(spec, 0) + self._resetting.get(spec, 0)
+            if coming <= self._waiters.get(spec, 0):
                 break
             if self._claude_error is not None or spec in self._failed:
                 break  # warm-ups are failing (and backing off): fail fast on our own spawn
@@ -654,7 +684,7 @@ class Pool:
         if self.settings.max_kept == 0 or spec is None or self._closing or _has_files(req):
             # (a conversation with images or PDFs is not kept: claude holds copies of them in
             # its temp dir, and they must not outlive the turn that sent them)
-            self._release(session)
+            self._release(session, None if _has_files(req) else spec)
             return
         if session.channel is not None:
             session.channel.set_tools(())  # a kept claude holds no caller's tools between turns
@@ -665,8 +695,8 @@ class Pool:
         entry.session = session
         self._kept[session] = entry
         while len(self._kept) > self.settings.max_kept:
-            old, _ = self._kept.popitem(last=False)
-            self._spawn_task(old.close(), "drop kept")
+            old, old_entry = self._kept.popitem(last=False)
+            self._release(old, old_entry.spec)
         self._wake.set()
 
     def _take_kept(self, req: TurnRequest, spec: SpawnSpec) -> tuple[Session, int] | None:
@@ -678,6 +708,8 @@ class Pool:
         for session, entry in reversed(self._kept.items()):
             if entry.owner != req.owner or not session.alive or session.state != "ready":
                 continue
+            if entry.spec.commands != spec.commands:
+                continue  # text that could start a command never goes to a claude that runs one
             known = entry.extended_by(req.messages, spec)
             if known is not None:
                 del self._kept[session]
@@ -691,17 +723,80 @@ class Pool:
         for session, entry in list(self._kept.items()):
             if not session.alive or session.state != "ready" or now - entry.last_used > idle:
                 del self._kept[session]
-                self._spawn_task(session.close(), "drop kept")
+                self._release(session, entry.spec)
 
-    def _release(self, session: Session) -> None:
+    def _release(self, session: Session, spec: SpawnSpec | None = None) -> None:
+        """Done with a stateless claude: closed, or, with `stateless_reset = "clear"` and the
+        `spec` it was started with, reset for the next caller in the background."""
         self._busy.discard(session)
         self._idle.set()
-        # Stateless: never reuse a conversation. Closing takes a few ms of SIGTERM handling.
+        if (
+            spec is not None
+            and spec.commands  # only a claude with slash commands on can run `/clear`
+            and self.settings.stateless_reset == "clear"
+            and session.ephemeral
+            and session.alive
+            and session.state == "ready"
+            and not self._closing
+        ):
+            self._resetting[spec] = self._resetting.get(spec, 0) + 1
+            self._spawn_task(self._reset_for_reuse(session, spec), "reset")
+            return
+        # Never reuse a conversation. Closing takes a few ms of SIGTERM handling.
         self._spawn_task(session.close(), "dispose")
         self._wake.set()
 
+    async def _reset_for_reuse(self, session: Session, spec: SpawnSpec) -> None:
+        """Reset `session` to a new conversation and put it back warm (up to max_busy warm
+        claudes: as many as ran at once), or close it when that fails or is not needed."""
+        reset = False
+        try:
+            if session.channel is not None:
+                session.channel.set_tools(())  # the next caller's tools are offered afresh
+            async with self._reset_lock:
+                if not self._closing:
+                    reset = await session.reset(self._known_ids)
+        finally:
+            self._resetting[spec] -= 1
+            if not self._resetting[spec]:
+                del self._resetting[spec]
+            room = self._warm_count() < max(self.settings.warm, self.settings.max_busy)
+            # a claude started before a SIGHUP or login change has the old binary or login
+            current = session.created > self._refreshed
+            if reset and room and current and not self._closing:
+                self._warm.setdefault(spec, []).append(session)
+                self._warm.move_to_end(spec)
+                session.on_death = self._wake.set
+                self.resets += 1
+            else:
+                self._spawn_task(session.close(), "dispose")
+            self._warmed.set()
+            self._wake.set()
+
+    def _known_ids(self) -> set[str]:
+        """The session ids of every claude conversation this pool knows of."""
+        return {s.id for s in self._made} | {s.claude_id for s in self._sticky.values()}
+
+    def _trim_spares(self, idle: float) -> None:
+        """Close reset claudes beyond `warm` that nobody took for `idle` seconds."""
+        spare = self._warm_count() - self.settings.warm
+        now = time.time()
+        for spec, sessions in list(self._warm.items()):
+            for s in sorted(sessions, key=lambda s: s.last_used):
+                if spare <= 0 or now - s.last_used <= idle:
+                    break
+                sessions.remove(s)
+                spare -= 1
+                self._spawn_task(s.close(), "trim spare")
+            if not sessions:
+                del self._warm[spec]
+
     def _warm_count(self) -> int:
-        return sum(len(v) for v in self._warm.values()) + sum(self._starting.values())
+        return (
+            sum(len(v) for v in self._warm.values())
+            + sum(self._starting.values())
+            + sum(self._resetting.values())
+        )
 
     async def _replenish(self) -> None:
         """Keep `settings.warm` sessions ready for the most recently used spawn settings."""
@@ -716,7 +811,11 @@ class Pool:
                 ),
                 self._default_spec(),
             )
-            have = len(self._warm.get(target, [])) + self._starting.get(target, 0)
+            have = (
+                len(self._warm.get(target, []))
+                + self._starting.get(target, 0)
+                + self._resetting.get(target, 0)
+            )
             if have < self.settings.warm and not self._closing:
                 # make room: warm sessions of older specs go first
                 while self._warm_count() >= self.settings.warm:
@@ -867,7 +966,8 @@ class Pool:
                 "retry later or close one with DELETE /v1/sessions/{id}",
                 retry_after=self.settings.retry_after,
             )
-        entry = Sticky(id=sid, claude_id=str(uuid.uuid4()), spec=self._default_spec(), owner=owner)
+        spec = spawn_spec("default", None, self.settings)  # the first call sets the real one
+        entry = Sticky(id=sid, claude_id=str(uuid.uuid4()), spec=spec, owner=owner)
         self._sticky[key] = entry
         return entry
 
@@ -944,6 +1044,7 @@ class Pool:
             if self._closing:
                 return
             self._prune_kept(kept_idle)
+            self._trim_spares(SPARE_IDLE)
             now = time.time()
             stale = [
                 s for s in self._sticky.values() if now - s.last_used > idle and not s.lock.locked()
@@ -989,6 +1090,7 @@ class Pool:
         or login. The user's login decisions are copied into claude's state again first."""
         idle = [s for sessions in self._warm.values() for s in sessions]
         self._warm.clear()
+        self._refreshed = time.time()
         self._spawn_task(self._recycle(idle), "recycle")
 
     async def _recycle(self, idle: list[Session]) -> None:
@@ -1060,6 +1162,7 @@ class Pool:
             "kept": len(kept),
             "max_kept": self.settings.max_kept,
             "kept_hits": self.kept_hits,
+            "resets": self.resets,
         }
 
     @property

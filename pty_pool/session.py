@@ -42,7 +42,7 @@ from .isolation import claude_tmp_root, relay_config_dir
 from .screen import ScreenReader, Snapshot
 from .settings import PoolSettings
 from .spawn import MCP_CONFIG_FILE, SYSTEM_PROMPT_FILE, build_argv, build_env, private_args
-from .transcript import TranscriptTail, TurnLog, find_transcript, repair_order
+from .transcript import TranscriptTail, TurnLog, find_transcript, repair_order, transcript_ids
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +111,9 @@ PASTE_IDLE_STEPS = 2
 IMAGE_ATTACH_TIMEOUT = 10.0
 IMAGE_AS_TEXT_SETTLE = 1.0  # a pasted image path left as text this long: claude refused it
 IMAGE_PASTE_QUIET = 0.1  # screen unchanged this long before an image path is pasted
+# `/clear` (stateless_reset = "clear"): measured 0.34 s to an idle prompt on both CLIs
+RESET_TIMEOUT = 10.0
+RESET_QUIET = 0.1  # an empty prompt drawn this long after the new transcript appeared
 
 # What a turn pastes: text, and image files (a Path) where the client put images.
 Prompt = str | Sequence[str | Path]
@@ -139,6 +142,7 @@ class Session:
         self.created = time.time()
         self.last_used = self.created
         self.turns = 0
+        self.resets = 0  # new conversations started in this claude (stateless_reset = "clear")
         self.parked_ids: tuple[str, ...] = ()  # tool calls claude waits in while `parked`
         self._binary = binary
         self._resume = resume
@@ -312,15 +316,14 @@ class Session:
             cli_version=self.cli_version,
         )
 
+    def _project_dir(self) -> Path:
+        """Where claude keeps the transcripts of conversations run in the workspace."""
+        return self._cfg / "projects" / re.sub(r"[^A-Za-z0-9]", "-", str(self.settings.workspace))
+
     def _transcript_path(self) -> Path | None:
         """Where claude writes this conversation, once it exists. Blocking (a stat, or a scan of
         the projects directory): call through a thread."""
-        guess = (
-            self._cfg
-            / "projects"
-            / re.sub(r"[^A-Za-z0-9]", "-", str(self.settings.workspace))
-            / f"{self.id}.jsonl"
-        )
+        guess = self._project_dir() / f"{self.id}.jsonl"
         if guess.exists():
             return guess
         return find_transcript(self._cfg, self.id)
@@ -805,6 +808,67 @@ class Session:
                 cleared = True
         log.warning("interrupt did not return to the prompt", extra=self._log_extra())
         await self._die()
+
+    # --- reset ---------------------------------------------------------------------------------
+    async def reset(self, known: Callable[[], set[str]]) -> bool:
+        """Start a new conversation in this idle claude (`/clear`) for the next stateless turn.
+
+        claude runs the new conversation under a session id of its own choosing, and its
+        transcript file appears in the project directory as `/clear` runs: the one new file
+        there that no session of the pool (`known()`) names is this claude's. The pool runs one
+        reset at a time, so that file is unambiguous. That file, not the screen, is the proof
+        that the old conversation is gone; its transcript (the last caller's words) is deleted.
+        True when claude is back at an empty prompt; False: close it, it is not reusable."""
+        if self.state != "ready" or not self.alive or not self.ephemeral or not self.spec.commands:
+            return False
+        directory = self._project_dir()
+        old = self._tail.path or await asyncio.to_thread(self._transcript_path)
+        before = await asyncio.to_thread(transcript_ids, directory)
+        self.state = "busy"
+        try:
+            self._driver.write(tui.paste_keys(tui.CLEAR_COMMAND))
+            await self._driver.drain()
+            await asyncio.sleep(tui.ENTER_DELAY)
+            self._driver.write(tui.ENTER)
+        except OSError:
+            await self._die()
+            return False
+        deadline = time.monotonic() + RESET_TIMEOUT
+        new_id: str | None = None
+        ready_since: float | None = None
+        seq = -1
+        while time.monotonic() < deadline:
+            snap = await self._next_snapshot(seq, RESET_QUIET / 2)
+            changed, seq = snap.seq != seq, snap.seq
+            if self._eof:
+                await self._die()
+                return False
+            if new_id is None:
+                fresh = await asyncio.to_thread(transcript_ids, directory)
+                fresh -= before | known() | {self.id}
+                if len(fresh) > 1:
+                    log.warning("%d unknown new transcripts after /clear", len(fresh))
+                    break
+                new_id = next(iter(fresh), None)
+            if new_id is None or not self._state(snap).ready:
+                ready_since = None
+                continue
+            if changed or ready_since is None:
+                ready_since = time.monotonic()
+            elif time.monotonic() - ready_since >= RESET_QUIET:
+                self.id = new_id
+                self._tail = TranscriptTail(directory / f"{new_id}.jsonl")
+                await asyncio.to_thread(self._tail.read)  # the /clear lines are not a turn's
+                if old is not None:
+                    with contextlib.suppress(OSError):
+                        await asyncio.to_thread(old.unlink)
+                self.state = "ready"
+                self.resets += 1
+                self.last_used = time.time()
+                return True
+        log.warning("claude did not start a new conversation on /clear", extra=self._log_extra())
+        self.state = "dead"
+        return False
 
     # --- end -----------------------------------------------------------------------------------
     def _close_channel(self) -> None:

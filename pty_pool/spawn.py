@@ -143,7 +143,6 @@ def build_argv(
         "--tools",
         builtin,
         "--strict-mcp-config",
-        "--disable-slash-commands",
         # anything not allowed below is refused at once instead of asking: a permission prompt
         # would hang the request
         "--permission-mode",
@@ -155,6 +154,10 @@ def build_argv(
         "--settings",
         json.dumps(isolation.flag_settings(settings, cli_version), separators=(",", ":")),
     ]
+    if not spec.commands:
+        # No slash commands: a caller's text that starts with `/` is sent as text (behind the
+        # space `tui.sanitize_prompt` adds; with commands on, 2.1.332 trims it and runs one).
+        argv.append("--disable-slash-commands")
     if mcp_config is not None:
         argv += ["--mcp-config", str(mcp_config)]
         allowed.append(f"mcp__{SERVER_NAME}")

@@ -49,6 +49,14 @@ def find_transcript(cfg: Path, session_id: str) -> Path | None:
     return None
 
 
+def transcript_ids(directory: Path) -> set[str]:
+    """The session ids of the transcripts in one project directory. Blocking: a listing."""
+    try:
+        return {p.name.removesuffix(".jsonl") for p in directory.iterdir() if p.suffix == ".jsonl"}
+    except FileNotFoundError:
+        return set()
+
+
 def parent_first(lines: list[bytes]) -> list[bytes] | None:
     """The transcript's lines with every entry after its parent, or None when already so.
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import itertools
 import re
+import unicodedata
 from dataclasses import dataclass
 from typing import Literal
 
@@ -60,9 +61,37 @@ def sanitize_prompt(text: str, *, at_start: bool = True) -> str:
     text = _CONTROLS.sub("", text)
     text = _AT_WORD.sub(lambda m: m.group(1) + "@" + _ZWSP, text)
     text = defuse_image_paths(text)
-    if at_start and text[:1] in _ACTIVE_START:
+    if at_start and text[:1] not in (" ", "\n") and _first_visible(text) in _ACTIVE_START:
+        # also behind invisible characters: 2.1.332 strips those, then a leading `!` is bash
+        # mode (a leading space or newline claude keeps, and nothing runs)
         text = " " + text
     return text
+
+
+# What claude (2.1.332) drops or trims before it looks for a leading `/`: whitespace, and
+# invisible characters it strips from input (format, private-use, unassigned, combining marks,
+# and blank-looking letters such as U+2800 and the Hangul fillers).
+_INVISIBLE_CATEGORIES = frozenset(("Cc", "Cf", "Co", "Cn", "Cs", "Zs", "Zl", "Zp", "Mn", "Me"))
+_BLANK_LETTERS = frozenset("\u115f\u1160\u17b4\u17b5\u2800\u3164\uffa0\ufeff")
+
+
+def _first_visible(text: str) -> str:
+    """`text`'s first character that claude neither trims nor strips ("" if none)."""
+    for ch in text:
+        if not (
+            ch.isspace()
+            or ch in _BLANK_LETTERS
+            or unicodedata.category(ch) in _INVISIBLE_CATEGORIES
+        ):
+            return ch
+    return ""
+
+
+def starts_command(text: str) -> bool:
+    """Whether `text` could start a slash command in a claude that has them on: its first
+    visible character is `/`. Such a prompt goes only to a claude with slash commands off, where
+    the space `sanitize_prompt` puts before it keeps it text. Errs on the side of True."""
+    return _first_visible(text) == "/"
 
 
 def paste_keys(text: str) -> bytes:
@@ -75,6 +104,10 @@ def paste_keys(text: str) -> bytes:
 
 
 ENTER_DELAY = 0.03  # seconds between the drained paste and its Enter
+
+# The relay's own command for a new conversation in a warm claude (`stateless_reset = "clear"`).
+# Only the relay types it: a caller's text never starts with `/` (sanitize_prompt).
+CLEAR_COMMAND = "/clear"
 NEWLINE = b"\n"  # Ctrl-J: a newline in the input box, not a submit
 
 

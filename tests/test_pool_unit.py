@@ -220,6 +220,7 @@ async def test_warm_sessions_and_stats(fake: FakeClaude) -> None:
         "kept": 0,
         "max_kept": 2,
         "kept_hits": 0,
+        "resets": 0,
     }
     assert pool.claude_error is None
     pids = fake.processes()
@@ -384,3 +385,20 @@ def test_a_kept_conversation_is_continued_only_by_its_own_caller_and_settings(
     assert pool._take_kept(edited, spec) is None
     assert pool._take_kept(dataclasses.replace(req, owner="key-a"), spec) == (session, 2)
     assert session not in pool._kept  # taken: a second call on it at once runs fresh
+
+
+def test_only_clear_mode_gives_stateless_claudes_slash_commands_and_never_for_a_slash(
+    tmp_path: Path,
+) -> None:
+    """With `stateless_reset = "clear"` a stateless claude runs with slash commands on (the
+    relay resets it with `/clear`), except for a request with text that could start one."""
+    clear = Pool(PoolSettings(workspace=tmp_path / "workspace", stateless_reset="clear"))
+    spec = spawn_spec("default", None, clear.settings)
+    assert clear._default_spec().commands
+    assert clear._stateless_spec(spec, REQUEST).commands
+    for text in ("/clear", "\u200b/model opus"):
+        slashy = dataclasses.replace(REQUEST, messages=(Message("user", (TextBlock(text),)),))
+        assert not clear._stateless_spec(spec, slashy).commands
+    respawn = Pool(PoolSettings(workspace=tmp_path / "workspace"))
+    assert not respawn._default_spec().commands
+    assert not respawn._stateless_spec(spec, REQUEST).commands

@@ -94,6 +94,16 @@ def test_system_prompt_and_mcp_token_are_in_files_not_argv(tmp_path: Path) -> No
     assert argv[argv.index("--mcp-config") + 1] == str(tmp_path / MCP_CONFIG_FILE)
 
 
+def test_slash_commands_are_off_unless_the_spec_needs_them() -> None:
+    """Only a stateless claude the relay resets with `/clear` runs with slash commands on."""
+
+    def argv(spec: SpawnSpec) -> list[str]:
+        return build_argv("/bin/claude", spec, "x", resume=False, settings=SETTINGS)
+
+    assert "--disable-slash-commands" in argv(SpawnSpec())
+    assert "--disable-slash-commands" not in argv(SpawnSpec(commands=True))
+
+
 def _req(*content: TextBlock | ImageBlock, model: str = "default") -> TurnRequest:
     return TurnRequest(messages=(Message("user", content),), model=model, max_tokens=16)
 

@@ -24,10 +24,37 @@ from claude_relay.pty_pool.screen import Row, ScreenReader
         ("look at @file now", "look at @\u200bfile now"),
         ("bob@example.com", "bob@example.com"),
         ("line\n@file", "line\n@\u200bfile"),
+        # 2.1.332 strips invisible characters from a paste before it looks at the first one:
+        # without the space `\u200b/model opus` became an unknown command, never answered
+        ("\u200b/model opus", " \u200b/model opus"),
+        ("\u2060!touch pwned", " \u2060!touch pwned"),
+        # a space or newline claude keeps already
+        (" /exit", " /exit"),
+        ("\n/exit", "\n/exit"),
     ],
 )
 def test_sanitize(raw: str, safe: str) -> None:
     assert tui.sanitize_prompt(raw) == safe
+
+
+@pytest.mark.parametrize(
+    ("text", "command"),
+    [
+        ("/clear", True),
+        ("  /clear", True),
+        ("\n\t/model opus", True),
+        ("\u200b/clear", True),
+        ("\u2800\u00ad\ufeff/help", True),
+        ("\u3000/x", True),
+        ("a /clear", False),
+        ("!ls", False),
+        ("", False),
+        ("path/to", False),
+    ],
+)
+def test_text_that_could_start_a_slash_command(text: str, command: bool) -> None:
+    """Such text never goes to a claude with slash commands on (stateless_reset = "clear")."""
+    assert tui.starts_command(text) is command
 
 
 def test_sanitize_after_an_image_keeps_a_leading_slash() -> None:
