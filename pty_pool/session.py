@@ -821,6 +821,8 @@ class Session:
         True when claude is back at an empty prompt; False: close it, it is not reusable."""
         if self.state != "ready" or not self.alive or not self.ephemeral or not self.spec.commands:
             return False
+        if not self._state(self._screen.snapshot()).ready:
+            return False  # something left in the input box would become part of the command
         directory = self._project_dir()
         old = self._tail.path or await asyncio.to_thread(self._transcript_path)
         before = await asyncio.to_thread(transcript_ids, directory)
