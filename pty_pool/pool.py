@@ -629,6 +629,8 @@ class Pool:
             # A session for this spec is already starting and nobody else waits for it: waiting
             # is cheaper than a second cold spawn competing for the same CPU.
             coming = self._starting.get(spec, 0) + self._resetting.get(spec, 0)
+            if coming <= self._waiters.get(spec, 0) and self._reclaim_kept(spec):
+                continue  # a kept claude is being reset for this call
             if coming <= self._waiters.get(spec, 0):
                 break
             if self._claude_error is not None or spec in self._failed:
@@ -725,9 +727,9 @@ class Pool:
                 del self._kept[session]
                 self._release(session, entry.spec)
 
-    def _release(self, session: Session, spec: SpawnSpec | None = None) -> None:
+    def _release(self, session: Session, spec: SpawnSpec | None = None) -> bool:
         """Done with a stateless claude: closed, or, with `stateless_reset = "clear"` and the
-        `spec` it was started with, reset for the next caller in the background."""
+        `spec` it was started with, reset for the next caller in the background (True)."""
         self._busy.discard(session)
         self._idle.set()
         if (
@@ -741,10 +743,11 @@ class Pool:
         ):
             self._resetting[spec] = self._resetting.get(spec, 0) + 1
             self._spawn_task(self._reset_for_reuse(session, spec), "reset")
-            return
+            return True
         # Never reuse a conversation. Closing takes a few ms of SIGTERM handling.
         self._spawn_task(session.close(), "dispose")
         self._wake.set()
+        return False
 
     async def _reset_for_reuse(self, session: Session, spec: SpawnSpec) -> None:
         """Reset `session` to a new conversation and put it back warm (up to max_busy warm
@@ -753,9 +756,8 @@ class Pool:
         try:
             if session.channel is not None:
                 session.channel.set_tools(())  # the next caller's tools are offered afresh
-            async with self._reset_lock:
-                if not self._closing:
-                    reset = await session.reset(self._known_ids)
+            if not self._closing:
+                reset = await session.reset(self._known_ids, self._reset_lock)
         finally:
             self._resetting[spec] -= 1
             if not self._resetting[spec]:
@@ -772,6 +774,18 @@ class Pool:
                 self._spawn_task(session.close(), "dispose")
             self._warmed.set()
             self._wake.set()
+
+    def _reclaim_kept(self, spec: SpawnSpec) -> bool:
+        """With `stateless_reset = "clear"`, reset the least recently used kept claude of `spec`
+        for a call that finds none warm: a reset (0.3 s) is cheaper than a start (1–2 s), and
+        a kept conversation is only a guess that its caller comes back."""
+        if not spec.commands:
+            return False
+        for session, entry in self._kept.items():
+            if entry.spec == spec and session.alive and session.state == "ready":
+                del self._kept[session]
+                return self._release(session, spec)
+        return False
 
     def _known_ids(self) -> set[str]:
         """The session ids of every claude conversation this pool knows of."""

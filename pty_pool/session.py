@@ -114,6 +114,7 @@ IMAGE_PASTE_QUIET = 0.1  # screen unchanged this long before an image path is pa
 # `/clear` (stateless_reset = "clear"): measured 0.34 s to an idle prompt on both CLIs
 RESET_TIMEOUT = 10.0
 RESET_QUIET = 0.1  # an empty prompt drawn this long after the new transcript appeared
+RESET_LIST_EVERY = 0.02  # the transcript directory is listed this often while /clear runs
 
 # What a turn pastes: text, and image files (a Path) where the client put images.
 Prompt = str | Sequence[str | Path]
@@ -810,14 +811,15 @@ class Session:
         await self._die()
 
     # --- reset ---------------------------------------------------------------------------------
-    async def reset(self, known: Callable[[], set[str]]) -> bool:
+    async def reset(self, known: Callable[[], set[str]], lock: asyncio.Lock) -> bool:
         """Start a new conversation in this idle claude (`/clear`) for the next stateless turn.
 
         claude runs the new conversation under a session id of its own choosing, and its
         transcript file appears in the project directory as `/clear` runs: the one new file
-        there that no session of the pool (`known()`) names is this claude's. The pool runs one
-        reset at a time, so that file is unambiguous. That file, not the screen, is the proof
-        that the old conversation is gone; its transcript (the last caller's words) is deleted.
+        there that no session of the pool (`known()`) names is this claude's. `lock`, shared by
+        the pool's resets, is held from the command until that file is found, so it cannot be
+        another reset's. That file, not the screen, is the proof that the old conversation is
+        gone; its transcript (the last caller's words) is deleted.
         True when claude is back at an empty prompt; False: close it, it is not reusable."""
         if self.state != "ready" or not self.alive or not self.ephemeral or not self.spec.commands:
             return False
@@ -825,37 +827,24 @@ class Session:
             return False  # something left in the input box would become part of the command
         directory = self._project_dir()
         old = self._tail.path or await asyncio.to_thread(self._transcript_path)
-        before = await asyncio.to_thread(transcript_ids, directory)
         self.state = "busy"
-        try:
-            self._driver.write(tui.paste_keys(tui.CLEAR_COMMAND))
-            await self._driver.drain()
-            await asyncio.sleep(tui.ENTER_DELAY)
-            self._driver.write(tui.ENTER)
-        except OSError:
-            await self._die()
-            return False
         deadline = time.monotonic() + RESET_TIMEOUT
-        new_id: str | None = None
+        async with lock:
+            new_id = await self._clear(directory, known, deadline)
+        if new_id is None:
+            log.warning(
+                "claude did not start a new conversation on /clear", extra=self._log_extra()
+            )
+            self.state = "dead"
+            return False
         ready_since: float | None = None
         seq = -1
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not self._eof:
             snap = await self._next_snapshot(seq, RESET_QUIET / 2)
             changed, seq = snap.seq != seq, snap.seq
-            if self._eof:
-                await self._die()
-                return False
-            if new_id is None:
-                fresh = await asyncio.to_thread(transcript_ids, directory)
-                fresh -= before | known() | {self.id}
-                if len(fresh) > 1:
-                    log.warning("%d unknown new transcripts after /clear", len(fresh))
-                    break
-                new_id = next(iter(fresh), None)
-            if new_id is None or not self._state(snap).ready:
+            if not self._state(snap).ready:
                 ready_since = None
-                continue
-            if changed or ready_since is None:
+            elif changed or ready_since is None:
                 ready_since = time.monotonic()
             elif time.monotonic() - ready_since >= RESET_QUIET:
                 self.id = new_id
@@ -868,9 +857,33 @@ class Session:
                 self.resets += 1
                 self.last_used = time.time()
                 return True
-        log.warning("claude did not start a new conversation on /clear", extra=self._log_extra())
+        log.warning("claude was not back at its prompt after /clear", extra=self._log_extra())
         self.state = "dead"
         return False
+
+    async def _clear(
+        self, directory: Path, known: Callable[[], set[str]], deadline: float
+    ) -> str | None:
+        """Send `/clear`; the id of the conversation claude started (its new transcript file)."""
+        before = await asyncio.to_thread(transcript_ids, directory)
+        try:
+            self._driver.write(tui.paste_keys(tui.CLEAR_COMMAND))
+            await self._driver.drain()
+            await asyncio.sleep(tui.ENTER_DELAY)
+            self._driver.write(tui.ENTER)
+        except OSError:
+            return None
+        seq = -1
+        while time.monotonic() < deadline and not self._eof:
+            seq = (await self._next_snapshot(seq, RESET_LIST_EVERY)).seq
+            fresh = await asyncio.to_thread(transcript_ids, directory)
+            fresh -= before | known() | {self.id}
+            if len(fresh) > 1:
+                log.warning("%d unknown new transcripts after /clear", len(fresh))
+                return None
+            if fresh:
+                return fresh.pop()
+        return None
 
     # --- end -----------------------------------------------------------------------------------
     def _close_channel(self) -> None:
