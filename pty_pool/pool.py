@@ -762,7 +762,10 @@ class Pool:
             self._resetting[spec] -= 1
             if not self._resetting[spec]:
                 del self._resetting[spec]
-            room = self._warm_count() < max(self.settings.warm, self.settings.max_busy)
+            # room for it among the idle ones (claudes still starting do not count: under load
+            # the replenisher has some on the way most of the time)
+            idle = sum(len(v) for v in self._warm.values()) + sum(self._resetting.values())
+            room = idle < max(self.settings.warm, self.settings.max_busy)
             # a claude started before a SIGHUP or login change has the old binary or login
             current = session.created > self._refreshed
             if reset and room and current and not self._closing:
@@ -771,6 +774,13 @@ class Pool:
                 session.on_death = self._wake.set
                 self.resets += 1
             else:
+                log.debug(
+                    "closing a claude after its reset (reset %s, room %s, current %s)",
+                    reset,
+                    room,
+                    current,
+                    extra={"session_id": session.id, "pid": session.pid},
+                )
                 self._spawn_task(session.close(), "dispose")
             self._warmed.set()
             self._wake.set()
@@ -786,6 +796,15 @@ class Pool:
                 del self._kept[session]
                 return self._release(session, spec)
         return False
+
+    def _returning(self, spec: SpawnSpec) -> int:
+        """Busy stateless claudes of `spec` that come back warm after their turn and reset
+        (`stateless_reset = "clear"`): warming more for them would spend a start-up's CPU on a
+        claude that only adds to the idle ones. A call that finds none warm meanwhile starts
+        its own, as before."""
+        if not spec.commands:
+            return 0
+        return sum(1 for s in self._busy if s.ephemeral and s.spec == spec)
 
     def _known_ids(self) -> set[str]:
         """The session ids of every claude conversation this pool knows of."""
@@ -829,6 +848,7 @@ class Pool:
                 len(self._warm.get(target, []))
                 + self._starting.get(target, 0)
                 + self._resetting.get(target, 0)
+                + self._returning(target)
             )
             if have < self.settings.warm and not self._closing:
                 # make room: warm sessions of older specs go first
@@ -1156,6 +1176,7 @@ class Pool:
         """Counts for /v1/health: warm, busy, starting, queued, sessions, max_busy, max_queue."""
         warm = sum(1 for v in self._warm.values() for s in v if s.state == "ready" and s.alive)
         starting = sum(self._starting.values())
+        resetting = sum(self._resetting.values())
         sticky = {
             s.session for s in self._sticky.values() if s.session is not None and s.session.alive
         }
@@ -1165,7 +1186,7 @@ class Pool:
             "busy": len(self._busy),
             "starting": starting,
             "queued": self._waiting,
-            "sessions": warm + starting + len(self._busy | sticky | kept),
+            "sessions": warm + starting + resetting + len(self._busy | sticky | kept),
             "max_busy": self.settings.max_busy,
             "max_queue": self.settings.max_queue,
             "spawned": self.spawned,
@@ -1176,6 +1197,7 @@ class Pool:
             "kept": len(kept),
             "max_kept": self.settings.max_kept,
             "kept_hits": self.kept_hits,
+            "resetting": resetting,
             "resets": self.resets,
         }
 

@@ -220,6 +220,7 @@ async def test_warm_sessions_and_stats(fake: FakeClaude) -> None:
         "kept": 0,
         "max_kept": 2,
         "kept_hits": 0,
+        "resetting": 0,
         "resets": 0,
     }
     assert pool.claude_error is None
