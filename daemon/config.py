@@ -94,7 +94,7 @@ class Config:
     max_kept: int = 2  # claudes kept with a stateless conversation for its next call; 0: off
     kept_idle_timeout: float = 300.0  # seconds a kept claude waits for its conversation's next call
     # "clear": a stateless turn's claude is reset with /clear and reused, not respawned
-    stateless_reset: StatelessReset = "respawn"
+    stateless_reset: StatelessReset = "clear"
     tool_result_timeout: float = 600.0  # seconds a parked tool call waits for its tool_result
     agent_tools: str | None = None  # comma-separated claude built-in tools to enable (agent mode)
     ping_interval: float = 10.0  # idle seconds before an SSE ping keeps proxies from timing out

@@ -736,6 +736,9 @@ class Pool:
             spec is not None
             and spec.commands  # only a claude with slash commands on can run `/clear`
             and self.settings.stateless_reset == "clear"
+            # spawn settings asked for once so far (a system prompt with a timestamp in it) are
+            # not worth a reset: nobody may ask for them again
+            and (spec == self._default_spec() or self._recent.get(spec, 0) >= WARM_AFTER_USES)
             and session.ephemeral
             and session.alive
             and session.state == "ready"

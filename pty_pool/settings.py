@@ -42,7 +42,7 @@ class PoolSettings:
     kept_idle_timeout: float = 300.0  # a kept claude nobody continued is closed after this
     # what becomes of a stateless turn's claude: "respawn" closes it (a new one is warmed);
     # "clear" starts a new conversation in it with `/clear` and puts it back warm
-    stateless_reset: str = "respawn"
+    stateless_reset: str = "clear"
     agent_tools: tuple[str, ...] = ()  # claude built-in tools enabled and pre-allowed (agent mode)
     mcp_url: str | None = None  # the daemon's MCP endpoint base, set once it listens
     state_file: Path | None = None  # sticky id → claude session map (default: next to workspace)

@@ -400,6 +400,6 @@ def test_only_clear_mode_gives_stateless_claudes_slash_commands_and_never_for_a_
     for text in ("/clear", "\u200b/model opus"):
         slashy = dataclasses.replace(REQUEST, messages=(Message("user", (TextBlock(text),)),))
         assert not clear._stateless_spec(spec, slashy).commands
-    respawn = Pool(PoolSettings(workspace=tmp_path / "workspace"))
+    respawn = Pool(PoolSettings(workspace=tmp_path / "workspace", stateless_reset="respawn"))
     assert not respawn._default_spec().commands
     assert not respawn._stateless_spec(spec, REQUEST).commands
