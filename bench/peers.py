@@ -3,7 +3,7 @@
 Run (after `./dev.sh claude` installed the pinned CLI; claudegate is installed on first use into
 .cache/peers/claudegate-venv from PyPI):
   .venv/bin/python -m bench.peers --claude "$(./dev.sh claude)" [--n 10] [--json out.json]
-      [--only relay,relay-reuse,claude-p,claudegate] [--scenarios single,b2b,c4,chat,big]
+      [--only relay,relay-respawn,claude-p,claudegate] [--scenarios single,b2b,c4,chat,big]
       [--b2b 20] [--clients 4] [--each 8] [--turns 10] [--big-kb 200]
 
 Every contender drives the same claude binary against the same in-process fake upstream, which
@@ -13,7 +13,7 @@ the other (never side by side) so none competes with another for the machine's c
 scenarios are the same prompts for all; CPU, upstream requests and claude spawns per turn are
 counted over the b2b scenario, up to the moment the contender is idle again, because respawning
 or resetting the claude a stateless turn used happens after its reply. A table per scenario has
-the contenders as columns; a summary checks the stateless-reuse targets. It reports; it never
+the contenders as columns; a summary checks the issue-15 targets for `relay`. It reports; it never
 gates (exit 0 unless the bench itself breaks).
 
 One file, over the usual size: each contender's start-up and teardown (claudegate's install and
@@ -48,20 +48,18 @@ from openai import AsyncOpenAI
 from openai.types.chat import ChatCompletionMessageParam
 
 from bench import reliability as rel
-from claude_relay.daemon.config import ENV_PREFIX, Config, ConfigError, load_config
 from claude_relay.daemon.fake_upstream import FakeUpstream, Reply
 from tests.support.claude_env import child_env, make_home
 from tests.support.relay_proc import free_port, start_relay
 
-CONTENDERS = ("relay", "relay-reuse", "claude-p", "claudegate")
+# relay: the daemon as configured by default (stateless claudes reset with /clear and reused);
+# relay-respawn: `stateless_reset = "respawn"`, a new claude for every stateless turn
+CONTENDERS = ("relay", "relay-respawn", "claude-p", "claudegate")
 SCENARIOS = ("single", "b2b", "c4", "chat", "big")
 RELAY_MODEL = "default"
 CLAUDEGATE_MODEL = "sonnet"  # its default alias; it passes the name to `claude --model`
 CLAUDEGATE_PKG = "claude-code-openai==0.1.1"
 CLAUDEGATE_VENV = rel.ROOT / ".cache" / "peers" / "claudegate-venv"
-# The knob that makes a stateless turn's claude reset with /clear instead of respawn, in the
-# spellings it has had; the first one the daemon's config accepts is used (`--reuse-knob` wins).
-REUSE_KNOBS = (("stateless_reset", "clear"), ("stateless_reuse", "true"))
 SESSION_HEADER = "X-IR-Session-ID"
 REQUEST_TIMEOUT = 300.0  # a 200 KB prompt on a loaded 2-core machine is slow, not broken
 REPLY = "OK"
@@ -207,31 +205,6 @@ def openai_ask(client: AsyncOpenAI, model: str) -> Callable[[History, str | None
         return r.choices[0].message.content or ""
 
     return ask
-
-
-def reuse_knob(arg: str | None) -> tuple[str, str]:
-    """The relay-reuse knob: `arg` (KEY=VALUE) or the first spelling the config accepts.
-
-    The daemon ignores CLAUDE_RELAY_* variables that name no key, so a knob it does not know
-    would start a plain relay under the reuse label: the key is checked against `Config` first.
-    """
-    candidates = [tuple(arg.split("=", 1))] if arg else list(REUSE_KNOBS)
-    problems: list[str] = []
-    keys = {f.name for f in dataclasses.fields(Config)}
-    for cand in candidates:
-        if len(cand) != 2:
-            raise Unavailable(f"--reuse-knob {arg!r}: want KEY=VALUE")
-        key, value = cand
-        if key not in keys:
-            problems.append(f"the daemon has no config key {key!r}")
-            continue
-        try:
-            load_config(argv_overrides={}, env={ENV_PREFIX + key.upper(): value}, config_file=None)
-        except ConfigError as exc:
-            problems.append(str(exc))
-            continue
-        return key, value
-    raise Unavailable("; ".join(problems))
 
 
 @contextlib.asynccontextmanager
@@ -481,9 +454,8 @@ def open_contender(
 ) -> contextlib.AbstractAsyncContextManager[Contender]:
     if name == "relay":
         return open_relay(name, up, binary, {})
-    if name == "relay-reuse":
-        key, value = reuse_knob(args.reuse_knob)
-        return open_relay(name, up, binary, {key: value})
+    if name == "relay-respawn":
+        return open_relay(name, up, binary, {"stateless_reset": "respawn"})
     if name == "claude-p":
         return open_claude_p(up, binary)
     return open_claudegate(up, binary, args.claudegate_max_sessions)
@@ -743,7 +715,7 @@ def _breakdown(o: Outcome) -> str:
 
 
 def targets(results: dict[str, Outcome], target: str) -> list[dict[str, Any]]:
-    """The stateless-reuse goals, judged on this run's figures."""
+    """The issue-15 goals, judged on this run's figures."""
     t, p = results.get(target), results.get("claude-p")
 
     def lat(o: Outcome | None, name: str, stat: str) -> float:
@@ -842,17 +814,11 @@ async def main() -> None:
     ap.add_argument("--turns", type=int, default=10, help="chat: turns (10)")
     ap.add_argument("--big-kb", type=int, default=200, help="big: prompt size in KB (200)")
     ap.add_argument(
-        "--reuse-knob",
-        help="relay-reuse's daemon knob KEY=VALUE (default: the first of "
-        + ", ".join(f"{k}={v}" for k, v in REUSE_KNOBS)
-        + " that the daemon's config has)",
-    )
-    ap.add_argument(
         "--claudegate-max-sessions",
         type=int,
         help="CLAUDEGATE_MAX_SESSIONS (default: claudegate's own, 64 live claudes)",
     )
-    ap.add_argument("--target", default="relay-reuse", choices=CONTENDERS)
+    ap.add_argument("--target", default="relay", choices=CONTENDERS)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
 
@@ -876,9 +842,6 @@ async def main() -> None:
                         results[name].note = broke
                     else:
                         results[name] = Outcome(unavailable=broke)
-                if name == "relay-reuse" and results[name].unavailable is None:
-                    knob = args.reuse_knob or "=".join(reuse_knob(None))
-                    results[name].note = f"daemon started with {knob}"
     print(f"\nclaude CLI  {cli} ({binary})")
     print(f"code        {facts.code}")
     print(f"machine     at start {facts.load_start}; at end {facts.load_end}")
