@@ -92,7 +92,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--concurrency", type=int, default=2)
-    ap.add_argument("--mode", choices=("respawn", "clear"), default="respawn")
+    ap.add_argument("--mode", choices=("respawn", "clear"), default="clear")
     ap.add_argument("--every", type=int, default=0, help="sample RSS every N requests (n/20)")
     ap.add_argument("--claude", help="claude binary or version (default: the pin)")
     args = ap.parse_args()
