@@ -103,13 +103,6 @@ def tail(path: Path, n: int = 400) -> str:
 # --- process trees (/proc) -------------------------------------------------------------------
 
 
-def _stat(pid: int) -> list[str] | None:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-
-
 def tree_cpu(root: int) -> float:
     """CPU seconds of `root` and its descendants, the reaped ones included.
 
@@ -118,7 +111,7 @@ def tree_cpu(root: int) -> float:
     """
     ticks = 0
     for pid in {root} | rel.descendants(root):
-        f = _stat(pid)
+        f = rel.stat_fields(pid)
         if f is not None:
             ticks += sum(int(x) for x in f[11:15])  # utime stime cutime cstime
     return ticks / CLK_TCK
@@ -146,7 +139,7 @@ def footprint(root: int | None, binary: str) -> Footprint:
     procs = claudes = pages = 0
     real = os.path.realpath(binary)
     for pid in {root} | rel.descendants(root):
-        f = _stat(pid)
+        f = rel.stat_fields(pid)
         if f is None or f[0] in "ZX":
             continue
         procs += 1
@@ -335,7 +328,7 @@ async def _stop_tree(proc: asyncio.subprocess.Process, grace: float) -> None:
     Descendants are remembered by (pid, start time) before the signal so that a pid the system
     has since given to another process is never signalled.
     """
-    kids = {(p, f[19]) for p in rel.descendants(proc.pid) if (f := _stat(p)) is not None}
+    kids = {(p, f[19]) for p in rel.descendants(proc.pid) if (f := rel.stat_fields(p)) is not None}
     if proc.returncode is None:
         proc.send_signal(signal.SIGTERM)
     try:
@@ -347,7 +340,9 @@ async def _stop_tree(proc: asyncio.subprocess.Process, grace: float) -> None:
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         left = [
-            p for p, start in kids if (f := _stat(p)) is not None and f[19] == start and f[0] != "Z"
+            p
+            for p, start in kids
+            if (f := rel.stat_fields(p)) is not None and f[19] == start and f[0] != "Z"
         ]
         if not left:
             return

@@ -169,7 +169,7 @@ def state_entries(relay: Relay) -> list[str]:
 # --- processes ---------------------------------------------------------------------------------
 
 
-def _stat(pid: int) -> list[str] | None:
+def stat_fields(pid: int) -> list[str] | None:
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
@@ -188,7 +188,7 @@ def _ppids() -> dict[int, int]:
     out: dict[int, int] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
-            fields = _stat(int(entry.name))
+            fields = stat_fields(int(entry.name))
             if fields is not None:
                 out[int(entry.name)] = int(fields[1])
     return out
@@ -206,7 +206,9 @@ def descendants(pid: int) -> set[int]:
 
 def children(pid: int) -> set[int]:
     """Live (non-zombie) direct children: the daemon's claude processes."""
-    return {p for p, pp in _ppids().items() if pp == pid and (_stat(p) or ["Z"])[0] not in "ZX"}
+    return {
+        p for p, pp in _ppids().items() if pp == pid and (stat_fields(p) or ["Z"])[0] not in "ZX"
+    }
 
 
 @dataclass
@@ -218,15 +220,15 @@ class ProcWatch:
 
     def sample(self, daemon: int) -> None:
         for pid in descendants(daemon):
-            fields = _stat(pid)
+            fields = stat_fields(pid)
             if fields is not None:
                 self.seen[(pid, fields[19])] = daemon
 
     def orphans(self) -> list[int]:
         out = []
         for (pid, start), daemon in self.seen.items():
-            daemon_gone = (_stat(daemon) or ["Z"])[0] in "ZX"
-            fields = _stat(pid)
+            daemon_gone = (stat_fields(daemon) or ["Z"])[0] in "ZX"
+            fields = stat_fields(pid)
             alive = fields is not None and fields[19] == start and fields[0] not in "ZX"
             if alive and daemon_gone:
                 out.append(pid)

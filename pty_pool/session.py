@@ -144,6 +144,7 @@ class Session:
         self.last_used = self.created
         self.turns = 0
         self.resets = 0  # new conversations started in this claude (stateless_reset = "clear")
+        self._closed: asyncio.Future[None] | None = None  # close(), once started
         self.parked_ids: tuple[str, ...] = ()  # tool calls claude waits in while `parked`
         self._binary = binary
         self._resume = resume
@@ -904,7 +905,13 @@ class Session:
 
     async def close(self) -> None:
         """Terminate claude (process group, reaped) and drop its temp dir and, for an ephemeral
-        session, its transcript."""
+        session, its transcript. Once: a second call (the pool's shutdown sweep) waits for the
+        first, which a cancelled caller does not stop."""
+        if self._closed is None:
+            self._closed = asyncio.ensure_future(self._close())
+        await asyncio.shield(self._closed)
+
+    async def _close(self) -> None:
         self.state = "dead"
         self._close_channel()
         await self._driver.terminate(grace=2.0)
