@@ -176,14 +176,17 @@ class Turn:
         session: Session | None = None
         spec: SpawnSpec | None = None
         result: TurnResult | None = None
+        events: AsyncGenerator[TurnEvent, None] | None = None
         streamed: list[str] = []
+        failed = False
         try:
             # tool results for calls a claude is parked in: that claude answers (stateless
             # clients resend the whole history, so the tool_use ids are the routing key)
             session = pool._unpark(req, None)
             if session is not None:
                 pool._busy.add(session)
-                async for ev in session.resume_turn(_tool_results(req)):
+                events = resumed = session.resume_turn(_tool_results(req))
+                async for ev in resumed:
                     yield ev
                 return
             spec = pool._stateless_spec(self._spec or check_request(req, pool.settings), req)
@@ -199,7 +202,8 @@ class Turn:
                     prompt = await self._prompt(files, req.messages)
                     session = await pool._acquire(spec)
                 try:
-                    async for ev in session.run_turn(prompt, req.tools, req.tool_choice):
+                    events = turn = session.run_turn(prompt, req.tools, req.tool_choice)
+                    async for ev in turn:
                         if isinstance(ev, TextDelta):
                             streamed.append(ev.text)
                         else:
@@ -215,6 +219,14 @@ class Turn:
                         raise
                     pool._release(session)
                     session = None
+        except (GeneratorExit, asyncio.CancelledError):
+            raise  # the client left: claude is interrupted, and reusable as before
+        except BaseException:
+            # An error turn's claude is closed, not reset: after some (a 400 "prompt is too
+            # long") claude does not take `/clear`, and a reset that never comes holds up the
+            # calls waiting for it.
+            failed = True
+            raise
         finally:
             pool._slots.release()
             self._has_slot = False
@@ -223,8 +235,15 @@ class Turn:
                     pool._park(session, None, req.owner)
                 elif result is not None and session.state == "ready" and session.alive:
                     pool._keep(session, spec, req, result, "".join(streamed))
+                elif events is not None and session.state == "busy":
+                    # Abandoned mid-turn (client gone): the slot is free now, and the session's
+                    # own `finally` still has to stop claude with Esc. Closing it meanwhile
+                    # would SIGTERM a claude that is reading that Esc.
+                    pool._spawn_task(pool._after_abandoned(session, events, spec), "interrupt")
                 else:
-                    pool._release(session)
+                    # a turn interrupted in this task (cancelled) is reset if claude is back at
+                    # its prompt
+                    pool._release(session, None if failed else spec)
 
     async def _run_sticky(
         self, sticky: Sticky, files: contextlib.AsyncExitStack
@@ -281,6 +300,8 @@ class Turn:
                             await pool._persist()
                         yield ev
                 finally:
+                    # an abandoned turn's Esc is done before the next call on this id may start
+                    await events.aclose()
                     pool._busy.discard(session)
                     pool._idle.set()
                     sticky.last_used = time.time()
@@ -303,8 +324,12 @@ class Turn:
         """Run the turn; a claude that died while idle is resumed (or rebuilt) and tried once."""
         req = self._request
         try:
-            async for ev in session.run_turn(prompt, req.tools, req.tool_choice):
-                yield ev
+            # aclosing: a turn abandoned here is interrupted now, not when the GC finalizes it
+            async with contextlib.aclosing(
+                session.run_turn(prompt, req.tools, req.tool_choice)
+            ) as ev_:
+                async for ev in ev_:
+                    yield ev
             return
         except ClaudeExited as exc:
             if exc.answered or self._pool._closing:
@@ -321,8 +346,11 @@ class Turn:
             assert again is not None
         pool._busy.add(again)
         try:
-            async for ev in again.run_turn(prompt, req.tools, req.tool_choice):
-                yield ev
+            async with contextlib.aclosing(
+                again.run_turn(prompt, req.tools, req.tool_choice)
+            ) as ev_:
+                async for ev in ev_:
+                    yield ev
         except ImageNotTaken as exc:
             raise exc.as_request_error() from exc
         finally:
@@ -749,6 +777,20 @@ class Pool:
         self._spawn_task(session.close(), "dispose")
         self._wake.set()
         return False
+
+    async def _after_abandoned(
+        self,
+        session: Session,
+        events: AsyncGenerator[TurnEvent, None],
+        spec: SpawnSpec | None,
+    ) -> None:
+        """A stateless turn its client left: let the session interrupt claude (Esc, back at an
+        empty prompt, or marked dead), then release it like any other: reset for reuse or closed.
+        Until then it counts as busy, so no replacement is warmed for a claude about to return."""
+        try:
+            await events.aclose()
+        finally:
+            self._release(session, spec)
 
     async def _reset_for_reuse(self, session: Session, spec: SpawnSpec) -> None:
         """Reset `session` to a new conversation and put it back warm (up to max_busy warm

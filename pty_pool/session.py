@@ -16,7 +16,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Literal
@@ -336,7 +336,7 @@ class Session:
         prompt: Prompt,
         tools: tuple[ToolSpec, ...] = (),
         tool_choice: ToolChoice | None = None,
-    ) -> AsyncIterator[TurnEvent]:
+    ) -> AsyncGenerator[TurnEvent, None]:
         """Paste `prompt`, stream deltas, end with the exact TurnResult or raise a RelayError.
 
         A `Path` in `prompt` is an image file claude attaches where it stands (`[Image #N]`);
@@ -362,7 +362,9 @@ class Session:
         finally:
             await self._end_turn(finished)
 
-    async def resume_turn(self, results: tuple[ToolResultBlock, ...]) -> AsyncIterator[TurnEvent]:
+    async def resume_turn(
+        self, results: tuple[ToolResultBlock, ...]
+    ) -> AsyncGenerator[TurnEvent, None]:
         """Answer the parked tool calls with `results`; yield the rest of the turn like run_turn."""
         if self.state != "parked" or not self.alive or self.channel is None:
             raise ClaudeExited(f"session {self.id} is {self.state}, not parked", answered=False)

@@ -14,6 +14,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 
+import aiohttp
 import anthropic
 import openai
 import pytest
@@ -141,3 +142,36 @@ async def test_a_callers_slash_is_text_not_a_command(
     # (2.1.332 drops the zero-width space from the paste)
     sent = rup.main_requests[-1].last_user_text.replace("\u200b", "")
     assert sent.strip() == text.replace("\u200b", "")
+
+
+@pytest.mark.parametrize("path", ["/v1/messages", "/v1/chat/completions"])
+async def test_a_client_that_leaves_mid_output_leaves_its_claude_reset_and_reused(
+    reset_relay: Relay, rup: FakeUpstream, path: str
+) -> None:
+    """An abandoned turn is interrupted (Esc) and its claude reset like any other: the next
+    caller runs on it, without a spawn and without the abandoned turn's words."""
+    before = await pool(reset_relay)
+    rup.on("WATERMELON-5150", Reply(text="steady " * 240, chunk_chars=7, delay=0.05))
+    body = {
+        "model": "default",
+        "max_tokens": 2000,
+        "stream": path.endswith("completions"),
+        "messages": [{"role": "user", "content": "doomed WATERMELON-5150"}],
+    }
+    async with aiohttp.ClientSession() as http:
+        call = asyncio.create_task(http.post(reset_relay.url + path, json=body))
+        await rup.wait_for(
+            lambda: bool(rup.main_requests) and rup.main_requests[-1].sent_deltas > 5,
+            timeout=20,
+            what="output flowing",
+        )
+        call.cancel()  # the client hangs up while claude is still writing
+        await asyncio.gather(call, return_exceptions=True)
+    await until_reset(reset_relay, before["resets"] + 1)
+    mid = await pool(reset_relay)
+    assert mid["spawned"] == before["spawned"]  # the claude that ran it is the warm one now
+    assert await ask(reset_relay, "anything left?") == "echo: anything left?"
+    last = rup.main_requests[-1]
+    assert "anything left?" in request_text(last)
+    assert "WATERMELON-5150" not in request_text(last)
+    assert (await pool(reset_relay))["spawned"] == before["spawned"]
