@@ -3,8 +3,9 @@
 Run (after `./dev.sh claude` installed the pinned CLI; claudegate is installed on first use into
 .cache/peers/claudegate-venv from PyPI):
   .venv/bin/python -m bench.peers --claude "$(./dev.sh claude)" [--n 10] [--json out.json]
-      [--only relay,relay-respawn,claude-p,claudegate] [--scenarios single,b2b,c4,chat,big]
-      [--b2b 20] [--clients 4] [--each 8] [--turns 10] [--big-kb 200]
+      [--only relay,relay-rows,relay-respawn,claude-p,claudegate]
+      [--scenarios single,b2b,c4,chat,big] [--b2b 20] [--clients 4] [--each 8] [--turns 10]
+      [--big-kb 200]
 
 Every contender drives the same claude binary against the same in-process fake upstream, which
 answers every main request with "OK" at once, so the figures are each contender's own overhead:
@@ -52,9 +53,10 @@ from claude_relay.daemon.fake_upstream import FakeUpstream, Reply
 from tests.support.claude_env import child_env, make_home
 from tests.support.relay_proc import free_port, start_relay
 
-# relay: the daemon as configured by default (stateless claudes reset with /clear and reused);
+# relay: the daemon as configured by default (word-level screen, stateless claudes reset with
+# /clear and reused); relay-rows: `screen_mode = "rows"` (claude's default screen);
 # relay-respawn: `stateless_reset = "respawn"`, a new claude for every stateless turn
-CONTENDERS = ("relay", "relay-respawn", "claude-p", "claudegate")
+CONTENDERS = ("relay", "relay-rows", "relay-respawn", "claude-p", "claudegate")
 SCENARIOS = ("single", "b2b", "c4", "chat", "big")
 RELAY_MODEL = "default"
 CLAUDEGATE_MODEL = "sonnet"  # its default alias; it passes the name to `claude --model`
@@ -449,6 +451,8 @@ def open_contender(
 ) -> contextlib.AbstractAsyncContextManager[Contender]:
     if name == "relay":
         return open_relay(name, up, binary, {})
+    if name == "relay-rows":
+        return open_relay(name, up, binary, {"screen_mode": "rows"})
     if name == "relay-respawn":
         return open_relay(name, up, binary, {"stateless_reset": "respawn"})
     if name == "claude-p":

@@ -79,7 +79,7 @@ class Config:
     queue_timeout: float = 60.0
     default_model: str | None = None
     system_mode: SystemMode = "append"
-    screen_mode: ScreenMode = "rows"
+    screen_mode: ScreenMode = "ax"
     stream_policy: StreamPolicy = "guarded"
     columns: int = 120
     rows: int = 50

@@ -125,6 +125,10 @@ def child_env(base: Mapping[str, str], settings: PoolSettings) -> dict[str, str]
     env["CLAUDE_CODE_DISABLE_CLAUDE_MDS"] = "1"  # user, project and every parent dir's CLAUDE.md
     env["CLAUDE_CODE_DISABLE_AUTO_MEMORY"] = "1"
     env["CLAUDE_CODE_DISABLE_FILE_MENTIONS"] = "1"  # 2.1.332; older versions rely on READ_DENY
+    # Left alone, claude fetches the official plugin marketplace on start (downloads.claude.ai,
+    # then `git clone` from GitHub) into the relay's config dir, retrying with backoff: network
+    # traffic and a git process that API turns do not need (seen in 2.1.332's debug log).
+    env["CLAUDE_CODE_DISABLE_OFFICIAL_MARKETPLACE_AUTOINSTALL"] = "1"
     if not _RUNNERS & set(settings.agent_tools):
         # Bash mode (`!cmd`) runs whatever follows even with --tools "" and a Bash deny rule;
         # every command claude runs is prefixed with this, so nothing runs (2.1.197, 2.1.332).

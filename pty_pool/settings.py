@@ -17,9 +17,10 @@ class PoolSettings:
     retry_after: float = 2.0  # advertised in 529 responses
     default_model: str | None = None  # --model when the request says "default" or similar
     system_mode: str = "append"  # how a request's `system` reaches claude: append | replace
-    # how claude draws and how its screen is read: "rows" (the default TUI: a reply row arrives
-    # once claude has drawn it whole) or "ax" (`--ax-screen-reader`: word by word, see ax.py)
-    screen_mode: str = "rows"
+    # how claude draws and how its screen is read: "ax" (`--ax-screen-reader`: word by word,
+    # OSC 133 turn marks; see ax.py) or "rows" (the default TUI: a reply row arrives once claude
+    # has drawn it whole, markdown partly restored from cell attributes; see tui.py)
+    screen_mode: str = "ax"
     # ax mode: "guarded" streams a reply until its first markdown sign and sends the rest exactly
     # at turn end; "eager" streams every word as drawn (markdown markers claude strips are lost)
     stream_policy: str = "guarded"

@@ -52,6 +52,7 @@ class FakeClaude:
             claude_bin=str(self.launcher),
             workspace=tmp_path / "workspace",
             warm=1,
+            screen_mode="rows",  # the fake draws claude's default screen
             extra_args=("--test-marker", self.marker),
         )
         self.pools: list[Pool] = []

@@ -61,6 +61,31 @@ async def test_user_setup_never_reaches_a_turn(relay: Relay, up: FakeUpstream) -
         assert "# claudeMd" not in r.user_text
 
 
+async def test_claude_fetches_no_plugin_marketplace(relay: Relay, up: FakeUpstream) -> None:
+    """Left alone, claude downloads the official plugin marketplace on start (then tries a `git
+    clone` from GitHub) into its config dir. The relay's switch turns that off, and claude says
+    so in its own state file."""
+    up.push(Reply(text="ok"))
+    async with anthropic.AsyncAnthropic(base_url=relay.url, api_key="x", max_retries=0) as sdk:
+        await sdk.messages.create(
+            model="default", max_tokens=50, messages=[{"role": "user", "content": "hi"}]
+        )
+    config = relay.home / ".local" / "state" / "claude-relay" / "claude-config"
+
+    def reason() -> object:
+        try:
+            state = json.loads((config / ".claude.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return state.get("officialMarketplaceAutoInstallFailReason")
+
+    deadline = time.monotonic() + 20
+    while await asyncio.to_thread(reason) != "policy_blocked" and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)  # claude writes its state file when it gets to it
+    assert await asyncio.to_thread(reason) == "policy_blocked"
+    assert not (config / "plugins" / "marketplaces").exists()
+
+
 async def test_user_login_is_used_and_left_as_it_was(
     upstream: FakeUpstream, tmp_path: Path
 ) -> None:
