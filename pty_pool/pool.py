@@ -57,6 +57,9 @@ RECENT_SPECS = 8  # distinct spawn settings remembered for warming
 WARM_AFTER_USES = 2
 SWEEP_INTERVAL = 300.0  # seconds between sweeps of attachment directories left by crashes
 SPARE_IDLE = 60.0  # a reset claude beyond `warm` that nobody took this long is closed
+# A call waits for a reset under way (normally ~0.3 s) at most this long, about one spawn, then
+# starts its own claude: a reset that hangs until its timeout must not hold the call up.
+RESET_PATIENCE = 2.0
 
 
 def _tool_results(req: TurnRequest) -> tuple[ToolResultBlock, ...]:
@@ -640,7 +643,8 @@ class Pool:
         while len(self._recent) > RECENT_SPECS:
             self._recent.popitem(last=False)
         self._wake.set()
-        deadline = time.monotonic() + self.settings.ready_timeout
+        started = time.monotonic()
+        deadline = started + self.settings.ready_timeout
         while True:
             warm = self._warm.get(spec)
             while warm:
@@ -654,8 +658,10 @@ class Pool:
                 self._spawn_task(session.close(), "close dead")
             # A session for this spec is already starting and nobody else waits for it: waiting
             # is cheaper than a second cold spawn competing for the same CPU.
-            coming = self._starting.get(spec, 0) + self._resetting.get(spec, 0)
-            if coming <= self._waiters.get(spec, 0) and self._reclaim_kept(spec):
+            patient = time.monotonic() - started <= RESET_PATIENCE
+            resetting = self._resetting.get(spec, 0) if patient else 0
+            coming = self._starting.get(spec, 0) + resetting
+            if patient and coming <= self._waiters.get(spec, 0) and self._reclaim_kept(spec):
                 continue  # a kept claude is being reset for this call
             if coming <= self._waiters.get(spec, 0):
                 break
@@ -851,7 +857,9 @@ class Pool:
 
     def _known_ids(self) -> set[str]:
         """The session ids of every claude conversation this pool knows of."""
-        return {s.id for s in self._made} | {s.claude_id for s in self._sticky.values()}
+        made = list(self._made)
+        ids = {s.id for s in made} | {s.claude_id for s in self._sticky.values()}
+        return ids.union(*(s.past_ids for s in made), (s.spawn_id for s in made))
 
     def _trim_spares(self, idle: float) -> None:
         """Close reset claudes beyond `warm` that nobody took for `idle` seconds."""

@@ -10,6 +10,7 @@ only sequences it in time.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
@@ -42,7 +43,14 @@ from .isolation import claude_tmp_root, relay_config_dir
 from .screen import ScreenReader, Snapshot
 from .settings import PoolSettings
 from .spawn import MCP_CONFIG_FILE, SYSTEM_PROMPT_FILE, build_argv, build_env, private_args
-from .transcript import TranscriptTail, TurnLog, find_transcript, repair_order, transcript_ids
+from .transcript import (
+    TranscriptTail,
+    TurnLog,
+    find_transcript,
+    records_clear,
+    repair_order,
+    transcript_ids,
+)
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +122,7 @@ IMAGE_PASTE_QUIET = 0.1  # screen unchanged this long before an image path is pa
 # `/clear` (stateless_reset = "clear"): measured 0.34 s to an idle prompt on both CLIs
 RESET_TIMEOUT = 10.0
 RESET_QUIET = 0.1  # an empty prompt drawn this long after the new transcript appeared
+PAST_IDS_KEPT = 8  # earlier conversation ids a reset claude keeps known (see Session.past_ids)
 RESET_LIST_EVERY = 0.02  # the transcript directory is listed this often while /clear runs
 
 # What a turn pastes: text, and image files (a Path) where the client put images.
@@ -138,12 +147,19 @@ class Session:
         self._wraps = versions.at_least(cli_version, versions.PASTE_WRAP)
         self.settings = settings
         self.id = session_id or str(uuid.uuid4())
+        # the id claude was started with: 2.1.197 keeps writing that conversation's title to its
+        # file after every `/clear`, re-creating it (see past_ids)
+        self.spawn_id = self.id
         self.ephemeral = ephemeral  # stateless: its transcript is deleted when it closes
         self.state: State = "starting"
         self.created = time.time()
         self.last_used = self.created
         self.turns = 0
         self.resets = 0  # new conversations started in this claude (stateless_reset = "clear")
+        # ids of the last conversations this claude held before its resets: claude may still
+        # write to (and so re-create) an old transcript shortly after `/clear`, and another
+        # reset must never take such a file for its own new conversation
+        self.past_ids: collections.deque[str] = collections.deque(maxlen=PAST_IDS_KEPT)
         self._closed: asyncio.Future[None] | None = None  # close(), once started
         self.parked_ids: tuple[str, ...] = ()  # tool calls claude waits in while `parked`
         self._binary = binary
@@ -845,11 +861,18 @@ class Session:
         while time.monotonic() < deadline and not self._eof:
             snap = await self._next_snapshot(seq, RESET_QUIET / 2)
             changed, seq = snap.seq != seq, snap.seq
-            if not self._state(snap).ready:
+            # The row screen is cleared for the new conversation and then gets the `/clear`
+            # echo; on 2.1.197 under load the echo can come after a quiet moment, and drawn
+            # during the next paste it would count as that prompt's echo (its Enter, lost to
+            # the redraw, would then never be sent again): ready means the echo is there too.
+            # (2.1.197's ax rendering draws no echo for `/clear`.)
+            echo_missing = not self._ax and self._echo_count(snap) < 1
+            if not self._state(snap).ready or echo_missing:
                 ready_since = None
             elif changed or ready_since is None:
                 ready_since = time.monotonic()
             elif time.monotonic() - ready_since >= RESET_QUIET:
+                self.past_ids.append(self.id)
                 self.id = new_id
                 self._tail = TranscriptTail(directory / f"{new_id}.jsonl")
                 await asyncio.to_thread(self._tail.read)  # the /clear lines are not a turn's
@@ -884,8 +907,12 @@ class Session:
             if len(fresh) > 1:
                 log.warning("%d unknown new transcripts after /clear", len(fresh))
                 return None
-            if fresh:
-                return fresh.pop()
+            if len(fresh) == 1:
+                # the file of the conversation `/clear` started records the command: a file
+                # some other claude re-created (a late write to a conversation it left) does not
+                new_id = fresh.pop()
+                if await asyncio.to_thread(records_clear, directory / f"{new_id}.jsonl"):
+                    return new_id
         return None
 
     # --- end -----------------------------------------------------------------------------------
@@ -923,6 +950,16 @@ class Session:
             if path is not None:
                 with contextlib.suppress(OSError):
                     await asyncio.to_thread(path.unlink)
+                # an earlier conversation's transcript that claude wrote to again after its
+                # `/clear` (it was deleted at the reset): with claude gone, nothing re-creates it
+                olds = [path.parent / f"{old}.jsonl" for old in {*self.past_ids, self.spawn_id}]
+                await asyncio.to_thread(_unlink_all, olds)
+
+
+def _unlink_all(paths: list[Path]) -> None:
+    for p in paths:
+        with contextlib.suppress(OSError):
+            p.unlink()
 
 
 def _with_calls(result: TurnResult, calls: tuple[ParkedCall, ...]) -> TurnResult:

@@ -57,6 +57,19 @@ def transcript_ids(directory: Path) -> set[str]:
         return set()
 
 
+# The entry claude writes into the new conversation's transcript when `/clear` runs.
+CLEAR_ENTRY = b"<command-name>/clear</command-name>"
+
+
+def records_clear(path: Path) -> bool:
+    """Whether the transcript at `path` holds a `/clear` command entry. Blocking: a read."""
+    try:
+        with path.open("rb") as f:
+            return CLEAR_ENTRY in f.read(256 * 1024)
+    except OSError:
+        return False
+
+
 def parent_first(lines: list[bytes]) -> list[bytes] | None:
     """The transcript's lines with every entry after its parent, or None when already so.
 

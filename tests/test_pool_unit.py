@@ -17,6 +17,7 @@ import pytest
 
 from claude_relay.protocols import errors
 from claude_relay.protocols.model import Message, TextBlock, TurnRequest
+from claude_relay.pty_pool import pool as pool_module
 from claude_relay.pty_pool.pool import Pool
 from claude_relay.pty_pool.settings import PoolSettings
 from claude_relay.pty_pool.spawn import spawn_spec
@@ -198,6 +199,25 @@ async def test_one_off_spawn_settings_neither_evict_the_warm_claude_nor_stay_beh
     # the same settings asked for again are worth warming
     assert sum(1 for s in pool._recent if s.system is not None) == 3
     await pool.close(grace=0)
+
+
+async def test_a_call_waits_for_a_reset_only_about_as_long_as_a_spawn(
+    fake: FakeClaude, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A call that finds no warm claude waits for a reset under way (normally ~0.3 s), but not
+    for one that hangs until its own timeout: after RESET_PATIENCE it starts its own claude."""
+    monkeypatch.setattr(pool_module, "RESET_PATIENCE", 0.3)
+    pool = fake.pool(warm=0, ready_timeout=60.0)
+    await pool.start()
+    spec = pool._default_spec()
+    pool._resetting[spec] = 1  # a reset that will never finish
+    async with asyncio.timeout(30):  # far below ready_timeout: the call did not wait it out
+        session = await pool._acquire(spec)
+    assert pool.stats()["spawned"] == 1 and session.alive
+    del pool._resetting[spec]
+    pool._release(session)
+    await pool.close(grace=0)
+    await assert_all_gone(fake, [])
 
 
 # --- warming and stats --------------------------------------------------------------------------

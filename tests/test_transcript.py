@@ -14,7 +14,7 @@ from pathlib import Path
 import orjson
 
 from claude_relay.protocols.model import TextBlock, ThinkingBlock
-from claude_relay.pty_pool.transcript import TurnLog, parent_first, repair_order
+from claude_relay.pty_pool.transcript import TurnLog, parent_first, records_clear, repair_order
 
 GOLDEN = Path(__file__).parent / "golden" / "transcripts" / "user-after-reply.jsonl"
 
@@ -140,3 +140,18 @@ def test_parked_calls_missing_from_the_transcript_become_tool_use_blocks() -> No
     assert out.stop_reason == "tool_use"
     assert out.text == "Let me look."
     assert out.tool_uses == (known, ToolUseBlock(id="toolu_2", name="lookup", input={"key": "k"}))
+
+
+def test_only_a_transcript_that_records_clear_is_a_new_conversation(tmp_path: Path) -> None:
+    """A reset adopts the new file only if `/clear` wrote it; 2.1.197 also re-creates the file of
+    the conversation a claude was started with (its title line) after every `/clear`."""
+    cleared = tmp_path / "new.jsonl"
+    cleared.write_text(
+        '{"type":"user","message":{"role":"user","content":'
+        '"<command-name>/clear</command-name>\\n<command-message>clear</command-message>"}}\n'
+    )
+    title = tmp_path / "old.jsonl"
+    title.write_text('{"type":"custom-title","customTitle":"api-74421590","sessionId":"x"}\n')
+    assert records_clear(cleared)
+    assert not records_clear(title)
+    assert not records_clear(tmp_path / "missing.jsonl")

@@ -133,6 +133,23 @@ async def test_concurrent_callers_on_reused_claudes_see_only_their_own_words(
     assert after["spawned"] - before["spawned"] < 9
 
 
+async def test_four_clients_back_to_back_each_get_only_their_own_answers(
+    reset_relay: Relay, rup: FakeUpstream
+) -> None:
+    """Resets under load: while one claude resets, another may still write to the transcript of
+    the conversation it just left. That file must never be taken for a new conversation (before:
+    on 2.1.197 a reset adopted it, and the next turn on that claude came back empty)."""
+
+    async def caller(n: int) -> list[str]:
+        return [await ask(reset_relay, f"client {n} request {i} KEY-{n}-{i}") for i in range(8)]
+
+    answers = await asyncio.gather(*(caller(n) for n in range(4)))
+    for n, got in enumerate(answers):
+        assert got == [f"echo: client {n} request {i} KEY-{n}-{i}" for i in range(8)]
+    for req in rup.main_requests:
+        assert request_text(req).count("KEY-") == 1, request_text(req)
+
+
 @pytest.mark.parametrize("text", ["/clear", "/model opus", "/help me", "\u200b/clear"])
 async def test_a_callers_slash_is_text_not_a_command(
     reset_relay: Relay, rup: FakeUpstream, text: str
