@@ -233,6 +233,9 @@ class Turn:
         finally:
             pool._slots.release()
             self._has_slot = False
+            # a claude that failed is closed; so is one that was handed images or PDFs (it
+            # keeps copies of them in its temp dir, which must not outlive this turn)
+            reuse = None if failed or _has_files(req) else spec
             if session is not None:
                 if session.state == "parked":
                     pool._park(session, None, req.owner)
@@ -242,11 +245,11 @@ class Turn:
                     # Abandoned mid-turn (client gone): the slot is free now, and the session's
                     # own `finally` still has to stop claude with Esc. Closing it meanwhile
                     # would SIGTERM a claude that is reading that Esc.
-                    pool._spawn_task(pool._after_abandoned(session, events, spec), "interrupt")
+                    pool._spawn_task(pool._after_abandoned(session, events, reuse), "interrupt")
                 else:
                     # a turn interrupted in this task (cancelled) is reset if claude is back at
                     # its prompt
-                    pool._release(session, None if failed else spec)
+                    pool._release(session, reuse)
 
     async def _run_sticky(
         self, sticky: Sticky, files: contextlib.AsyncExitStack

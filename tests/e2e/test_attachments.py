@@ -359,6 +359,25 @@ async def test_sticky_conversation_with_images_across_turns(relay: Relay, up: Fa
     assert sum(1 for b in blocks if b.get("type") == "image") == 2
 
 
+@pytest.mark.timeout(60)
+async def test_a_client_that_leaves_an_image_turn_leaves_no_copy_behind(
+    sdk: anthropic.AsyncAnthropic, up: FakeUpstream, relay: Relay
+) -> None:
+    """A client that leaves mid-stream after sending an image: its claude is closed, not reset
+    for the next caller, since it holds a copy of the image in its temp dir (2.1.332)."""
+    up.on("leave with an image", lambda body: Reply(text="slow " * 40, chunk_chars=5, delay=0.05))
+    async with sdk.messages.stream(
+        model=MODEL, max_tokens=50, messages=[user(text("leave with an image"), image(RED))]
+    ) as stream:
+        async for event in stream:
+            if event.type == "content_block_delta":
+                break  # the client leaves mid-stream
+    claude_tmp = relay.attachments.parent / "claude-tmp"
+    async with asyncio.timeout(20):
+        while turn_dirs(relay) or _pngs_or_busy(claude_tmp):
+            await asyncio.sleep(0.1)
+
+
 @pytest.mark.timeout(150)  # 50 turns, most on freshly spawned claudes
 async def test_fifty_attachment_turns_leave_no_file(
     sdk: anthropic.AsyncAnthropic, up: FakeUpstream, relay: Relay
