@@ -129,6 +129,11 @@ def child_env(base: Mapping[str, str], settings: PoolSettings) -> dict[str, str]
     # then `git clone` from GitHub) into the relay's config dir, retrying with backoff: network
     # traffic and a git process that API turns do not need (seen in 2.1.332's debug log).
     env["CLAUDE_CODE_DISABLE_OFFICIAL_MARKETPLACE_AUTOINSTALL"] = "1"
+    # 2.1.332's cross-session messaging: each claude listens on a Unix socket (an inbox other
+    # sessions can queue prompts into) and publishes its key in the config dir, where the relay's
+    # other claudes, each serving another caller, would find it. This is claude's own switch for
+    # that gate (it wins over the remote feature flag); older versions have no inbox.
+    env["CLAUDE_CODE_HARBOR_KITE"] = "0"
     if not _RUNNERS & set(settings.agent_tools):
         # Bash mode (`!cmd`) runs whatever follows even with --tools "" and a Bash deny rule;
         # every command claude runs is prefixed with this, so nothing runs (2.1.197, 2.1.332).

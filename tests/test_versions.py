@@ -52,6 +52,7 @@ def test_file_mentions_are_off_on_every_version() -> None:
     env = isolation.child_env({"HOME": "/h", "CLAUDE_RELAY_API_KEYS": "k"}, s)
     assert env["CLAUDE_CODE_DISABLE_FILE_MENTIONS"] == "1"
     assert env["CLAUDE_CODE_DISABLE_OFFICIAL_MARKETPLACE_AUTOINSTALL"] == "1"
+    assert env["CLAUDE_CODE_HARBOR_KITE"] == "0"  # no cross-session inbox
     assert env["CLAUDE_SECURESTORAGE_CONFIG_DIR"] == ""
     assert "CLAUDE_RELAY_API_KEYS" not in env
     assert env["CLAUDE_CODE_SHELL_PREFIX"].endswith("false")

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import re
 import time
 from pathlib import Path
 
@@ -19,7 +21,7 @@ import pytest
 
 from claude_relay.daemon.fake_upstream import FakeUpstream, Reply
 from tests.support.claude_env import leaks, make_home
-from tests.support.relay_proc import Relay, start_relay
+from tests.support.relay_proc import Relay, children_of, start_relay
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -84,6 +86,49 @@ async def test_claude_fetches_no_plugin_marketplace(relay: Relay, up: FakeUpstre
         await asyncio.sleep(0.1)  # claude writes its state file when it gets to it
     assert await asyncio.to_thread(reason) == "policy_blocked"
     assert not (config / "plugins" / "marketplaces").exists()
+
+
+def _listening_sockets(pid: int) -> list[str]:
+    """The sockets `pid` accepts connections on: Unix (by path) and TCP, from /proc."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue  # closed meanwhile
+        if m := re.fullmatch(r"socket:\[(\d+)\]", target):
+            inodes.add(m.group(1))
+    out = []
+    for line in Path("/proc/net/unix").read_text().splitlines()[1:]:
+        f = line.split()
+        if f[6] in inodes and int(f[3], 16) & 0x10000:  # __SO_ACCEPTCON: listening
+            out.append(f"unix:{f[7] if len(f) > 7 else '(unnamed)'}")
+    for proto in ("tcp", "tcp6"):
+        for line in Path(f"/proc/net/{proto}").read_text().splitlines()[1:]:
+            f = line.split()
+            if f[9] in inodes and f[3] == "0A":  # TCP_LISTEN
+                out.append(f"{proto}:{f[1]}")
+    return out
+
+
+async def test_claude_accepts_no_messages_from_other_sessions(
+    relay: Relay, up: FakeUpstream
+) -> None:
+    """2.1.332 opens a cross-session inbox: each claude listens on a Unix socket and publishes a
+    key for it in its config dir, so other sessions (the relay's other claudes among them) can
+    message it. The relay turns that off: its claudes listen on nothing, publish no key."""
+    up.push(Reply(text="ok"))
+    async with anthropic.AsyncAnthropic(base_url=relay.url, api_key="x", max_retries=0) as sdk:
+        await sdk.messages.create(
+            model="default", max_tokens=50, messages=[{"role": "user", "content": "hi"}]
+        )
+    await relay.wait_warm()
+    claudes = await asyncio.to_thread(children_of, relay.proc.pid)
+    assert claudes
+    for pid in claudes:
+        assert await asyncio.to_thread(_listening_sockets, pid) == []
+    config = relay.home / ".local" / "state" / "claude-relay" / "claude-config"
+    assert await asyncio.to_thread(lambda: list(config.glob("sessions/*.key"))) == []
 
 
 async def test_user_login_is_used_and_left_as_it_was(
