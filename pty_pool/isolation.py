@@ -100,6 +100,11 @@ def flag_settings(settings: PoolSettings, cli_version: str | None = None) -> dic
         # also covers hooks that a managed or flag source could bring
         "disableAllHooks": True,
         "autoMemoryEnabled": False,
+        # After its first turn claude registers itself as the handler of claude-cli:// links in
+        # the user's desktop (~/.local/share/applications, the macOS app registry): a side effect
+        # in the user's home, and a way for web pages to start claude, that an API turn must not
+        # leave behind (2.1.197 and 2.1.332 honour this setting)
+        "disableDeepLinkRegistration": "disable",
     }
     mentions_switch = versions.at_least(cli_version, versions.FILE_MENTIONS_SWITCH)
     if not _READERS & set(settings.agent_tools) and not mentions_switch:

@@ -88,6 +88,22 @@ async def test_claude_fetches_no_plugin_marketplace(relay: Relay, up: FakeUpstre
     assert not (config / "plugins" / "marketplaces").exists()
 
 
+async def test_claude_registers_no_link_handler_in_the_users_home(
+    relay: Relay, up: FakeUpstream
+) -> None:
+    """Left alone, claude registers itself as the claude-cli:// URL handler in the user's
+    desktop files shortly after its first turn (~0.1 s after its API request, once per HOME).
+    Two turns later no such file may be there."""
+    up.on("", lambda body: Reply(text="ok"))
+    async with anthropic.AsyncAnthropic(base_url=relay.url, api_key="x", max_retries=0) as sdk:
+        for _ in range(2):
+            await sdk.messages.create(
+                model="default", max_tokens=50, messages=[{"role": "user", "content": "hi"}]
+            )
+    apps = relay.home / ".local" / "share" / "applications"
+    assert await asyncio.to_thread(lambda: list(apps.glob("claude*"))) == []
+
+
 def _listening_sockets(pid: int) -> list[str]:
     """The sockets `pid` accepts connections on: Unix (by path) and TCP, from /proc."""
     inodes = set()
