@@ -257,10 +257,13 @@ class Session:
                 attachments.TurnFiles.create, claude_tmp_root(self.settings)
             )
             # claude's temp files (2.1.332: copies of pasted images) go there, and TMPDIR too:
-            # 2.1.197 still made an empty /tmp/claude-<uid> without it
+            # 2.1.197 still made an empty /tmp/claude-<uid> without it. So does its cache on
+            # Linux: both versions log every MCP connection and error to a new file under
+            # ~/.cache/claude-cli-nodejs/ (macOS: ~/Library/Caches, not movable), one per claude
+            # and never removed by the relay otherwise.
             private = str(self._tmp.path)
             await self._driver.start(
-                {"CLAUDE_CODE_TMPDIR": private, "TMPDIR": private},
+                {"CLAUDE_CODE_TMPDIR": private, "TMPDIR": private, "XDG_CACHE_HOME": private},
                 await asyncio.to_thread(self._argv, self._tmp.path),
             )
         except (OSError, SpawnRefused) as exc:

@@ -104,6 +104,57 @@ async def test_claude_registers_no_link_handler_in_the_users_home(
     assert await asyncio.to_thread(lambda: list(apps.glob("claude*"))) == []
 
 
+# What the relay owns in a HOME: its state dir (workspace, claude's config dir, sticky state) and,
+# in these tests, the attachments and claude temp dirs (by default in the runtime dir)
+RELAY_OWNED = (".local/state/claude-relay", "attachments", "claude-tmp")
+
+
+def _home_files(home: Path) -> dict[str, tuple[int, int, int]]:
+    """Every file and directory of `home` outside what the relay owns (and the directories that
+    lead there, which a first start creates): mode, size and mtime of files, mode of directories
+    (a file added or removed shows as itself)."""
+    out = {}
+    for p in sorted(home.rglob("*")):
+        rel = p.relative_to(home).as_posix()
+        if rel.startswith(RELAY_OWNED) or any(o.startswith(rel + "/") for o in RELAY_OWNED):
+            continue
+        st = p.lstat()
+        out[rel] = (st.st_mode, 0, 0) if p.is_dir() else (st.st_mode, st.st_size, st.st_mtime_ns)
+    return out
+
+
+async def test_the_users_home_is_left_as_it_was(upstream: FakeUpstream, tmp_path: Path) -> None:
+    """Stateless, sticky and streamed turns change no file or directory of the user's home
+    outside the relay's own state: not ~/.claude, not ~/.claude.json, not desktop files."""
+    home = tmp_path / "home"
+    await asyncio.to_thread(make_home, home)
+    before = await asyncio.to_thread(_home_files, home)
+    upstream.on("", lambda body: Reply(text="ok"))
+    async with (
+        start_relay(upstream, home=home) as relay,
+        anthropic.AsyncAnthropic(base_url=relay.url, api_key="x", max_retries=0) as c,
+    ):
+        for n in range(2):
+            await c.messages.create(
+                model="default", max_tokens=50, messages=[{"role": "user", "content": "hi"}]
+            )
+            await c.messages.create(
+                model="default",
+                max_tokens=50,
+                messages=[{"role": "user", "content": f"sticky {n}"}],
+                extra_headers={"X-IR-Session-ID": "home-check"},
+            )
+        async with c.messages.stream(
+            model="default", max_tokens=50, messages=[{"role": "user", "content": "stream"}]
+        ) as stream:
+            await stream.get_final_message()
+    upstream.clear()
+    after = await asyncio.to_thread(_home_files, home)
+    changed = sorted(k for k, v in after.items() if before.get(k) != v)
+    assert not changed, "\n".join(changed)
+    assert sorted(before.keys() - after.keys()) == []  # nothing of the user's deleted
+
+
 def _listening_sockets(pid: int) -> list[str]:
     """The sockets `pid` accepts connections on: Unix (by path) and TCP, from /proc."""
     inodes = set()
