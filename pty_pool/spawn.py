@@ -221,6 +221,11 @@ def build_env(
     # claude's default is 10 retries (~3 minutes for a persistent 500); a client waiting on
     # HTTP wants a bounded answer and can retry itself.
     env["CLAUDE_CODE_MAX_RETRIES"] = str(settings.max_retries)
+    if settings.screen_mode == "ax":
+        # 2.1.332 in screen-reader mode stays quiet for 3 s after its "[Screen Reader Mode: on]"
+        # line, so a person's screen reader can read it, and only then draws its first screen:
+        # every spawn took 2.5 s longer than in rows mode. The relay reads the screen itself.
+        env["CLAUDE_AX_STARTUP_QUIET_MS"] = "0"
     # A parked tool call waits for the caller's next request; the relay cancels it itself after
     # tool_result_timeout, so claude's own MCP timeouts must not fire first.
     tool_ms = str(int((settings.tool_result_timeout + 60) * 1000))

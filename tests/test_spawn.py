@@ -3,6 +3,7 @@ secret or client text in argv at all (other local users can read /proc/<pid>/cmd
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -182,3 +183,13 @@ def test_requests_in_one_bucket_share_a_spawn_spec() -> None:
         thinking_budget=3000,
     )
     assert check_request(thinking, SETTINGS).thinking == 2048
+
+
+def test_the_screen_reader_screen_is_drawn_without_its_startup_quiet() -> None:
+    """2.1.332 waits 3 s after its screen-reader announcement before its first screen (for a
+    person's screen reader); the relay's claudes skip that wait, in ax mode only."""
+    base = {"PATH": "/bin"}
+    ax = build_env(base, dataclasses.replace(SETTINGS, screen_mode="ax"))
+    assert ax["CLAUDE_AX_STARTUP_QUIET_MS"] == "0"
+    rows = build_env(base, dataclasses.replace(SETTINGS, screen_mode="rows"))
+    assert "CLAUDE_AX_STARTUP_QUIET_MS" not in rows
