@@ -153,6 +153,10 @@ def build_argv(
         "",
         "--settings",
         json.dumps(isolation.flag_settings(settings, cli_version), separators=(",", ":")),
+        # no Claude in Chrome (browser-control tools through the user's browser extension),
+        # whatever the user's config or CLAUDE_CODE_ENABLE_CFC in the daemon's environment says
+        # (2.1.197 and 2.1.332 take the flag)
+        "--no-chrome",
     ]
     if not spec.commands:
         # No slash commands: a caller's text that starts with `/` is sent as text (behind the

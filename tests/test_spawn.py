@@ -105,6 +105,13 @@ def test_slash_commands_are_off_unless_the_spec_needs_them() -> None:
     assert "--disable-slash-commands" not in argv(SpawnSpec(commands=True))
 
 
+def test_claude_in_chrome_is_off_for_every_claude() -> None:
+    """The user's own claude may drive their browser (config, or CLAUDE_CODE_ENABLE_CFC in the
+    environment the daemon passes on); an API turn never gets those tools."""
+    for spec in (SpawnSpec(), SpawnSpec(commands=True)):
+        assert "--no-chrome" in build_argv("/bin/claude", spec, "x", resume=True, settings=SETTINGS)
+
+
 def _req(*content: TextBlock | ImageBlock, model: str = "default") -> TurnRequest:
     return TurnRequest(messages=(Message("user", content),), model=model, max_tokens=16)
 
