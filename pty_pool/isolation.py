@@ -75,6 +75,16 @@ def claude_tmp_root(settings: PoolSettings) -> Path:
     return attachments_root(settings).parent / "claude-tmp"
 
 
+def private_dir_env(private: Path) -> dict[str, str]:
+    """What points one claude's own files at `private`, its temp dir (0700, removed with it):
+    its temp files (2.1.332: copies of pasted images), TMPDIR (2.1.197 still made an empty
+    /tmp/claude-<uid> without it) and, on Linux, its cache, where both versions write a log
+    file per claude for its MCP connection (~/.cache/claude-cli-nodejs/; macOS keeps it in
+    ~/Library/Caches, which no variable moves)."""
+    path = str(private)
+    return {"CLAUDE_CODE_TMPDIR": path, "TMPDIR": path, "XDG_CACHE_HOME": path}
+
+
 def user_config_dir(env: Mapping[str, str]) -> Path:
     """Where the user's own claude keeps its config (CLAUDE_CONFIG_DIR, else ~/.claude)."""
     override = env.get("CLAUDE_CONFIG_DIR")

@@ -39,7 +39,7 @@ from . import attachments, ax, tui, versions
 from .broker import Broker, Channel, ParkedCall, mcp_result
 from .driver import PtyDriver, SpawnRefused
 from .files import write_private
-from .isolation import claude_tmp_root, relay_config_dir
+from .isolation import claude_tmp_root, private_dir_env, relay_config_dir
 from .screen import ScreenReader, Snapshot
 from .settings import PoolSettings
 from .spawn import MCP_CONFIG_FILE, SYSTEM_PROMPT_FILE, build_argv, build_env, private_args
@@ -256,14 +256,8 @@ class Session:
             self._tmp = await asyncio.to_thread(
                 attachments.TurnFiles.create, claude_tmp_root(self.settings)
             )
-            # claude's temp files (2.1.332: copies of pasted images) go there, and TMPDIR too:
-            # 2.1.197 still made an empty /tmp/claude-<uid> without it. So does its cache on
-            # Linux: both versions log every MCP connection and error to a new file under
-            # ~/.cache/claude-cli-nodejs/ (macOS: ~/Library/Caches, not movable), one per claude
-            # and never removed by the relay otherwise.
-            private = str(self._tmp.path)
             await self._driver.start(
-                {"CLAUDE_CODE_TMPDIR": private, "TMPDIR": private, "XDG_CACHE_HOME": private},
+                private_dir_env(self._tmp.path),
                 await asyncio.to_thread(self._argv, self._tmp.path),
             )
         except (OSError, SpawnRefused) as exc:
@@ -951,12 +945,10 @@ class Session:
         if self.ephemeral:
             path = self._tail.path or await asyncio.to_thread(self._transcript_path)
             if path is not None:
-                with contextlib.suppress(OSError):
-                    await asyncio.to_thread(path.unlink)
-                # an earlier conversation's transcript that claude wrote to again after its
-                # `/clear` (it was deleted at the reset): with claude gone, nothing re-creates it
+                # and any earlier conversation's transcript that claude wrote to again after its
+                # `/clear` (deleted at the reset): with claude gone, nothing re-creates it
                 olds = [path.parent / f"{old}.jsonl" for old in {*self.past_ids, self.spawn_id}]
-                await asyncio.to_thread(_unlink_all, olds)
+                await asyncio.to_thread(_unlink_all, [path, *olds])
 
 
 def _unlink_all(paths: list[Path]) -> None:

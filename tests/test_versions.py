@@ -57,3 +57,12 @@ def test_file_mentions_are_off_on_every_version() -> None:
     assert "CLAUDE_RELAY_API_KEYS" not in env
     assert env["CLAUDE_CODE_SHELL_PREFIX"].endswith("false")
     assert env["CLAUDE_CODE_TMPDIR"] == str(isolation.claude_tmp_root(s))
+
+
+def test_a_claudes_temp_files_and_cache_go_to_its_private_dir() -> None:
+    env = isolation.private_dir_env(Path("/run/x/claude-tmp/turn-1-abc"))
+    assert env == {
+        "CLAUDE_CODE_TMPDIR": "/run/x/claude-tmp/turn-1-abc",
+        "TMPDIR": "/run/x/claude-tmp/turn-1-abc",
+        "XDG_CACHE_HOME": "/run/x/claude-tmp/turn-1-abc",
+    }
