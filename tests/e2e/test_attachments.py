@@ -60,7 +60,8 @@ def user(*content: dict[str, Any]) -> Any:
 
 def prompt_texts(body: Body) -> list[str]:
     """The text blocks of the upstream request's last user message, without claude's date
-    reminder, its environment notes (2.1.332) and its `[Image: source: …]` notes."""
+    reminder, its environment notes (2.1.332), its `[Image: source: …]` notes and, on a claude
+    the relay reset, the `local-command` blocks that say `/clear` ran (docs/limits.md)."""
     content = [m for m in body["messages"] if m["role"] == "user"][-1]["content"]
     if isinstance(content, str):
         return [content]
@@ -69,7 +70,14 @@ def prompt_texts(body: Body) -> list[str]:
         for b in content
         if b.get("type") == "text"
         and not b["text"].startswith(
-            ("<system-reminder>", "[Image: source:", "[Image source:", "# Environment")
+            (
+                "<system-reminder>",
+                "[Image: source:",
+                "[Image source:",
+                "# Environment",
+                "<local-command-",
+                "<command-name>",
+            )
         )
     ]
 
