@@ -101,7 +101,11 @@ _THOUGHT = re.compile(r"^(?:tool: )?(?:Thought|Thinking) for ")
 # session name (` api-1234abcd`, 2.1.197 with --name), `Resend your message to try again`
 # (2.1.332 after an error), then the input row: `$` + NBSP + text (2.1.332), bare text (2.1.197)
 _INPUT_2_1_332 = re.compile(r"^\$(?:[\u00a0 ]+(.*))?$")
-_CHROME_BELOW = re.compile(r"/effort$|^ \S+$|^Resend your message")
+# The session name row is matched exactly (`spawn.build_argv` names claudes `api-<8 hex>`): a
+# looser ` word` pattern also matched an input row holding one word after a space (` /clear`,
+# as `sanitize_prompt` writes it), read it as empty, and a prompt claude was slow to take was
+# pasted a second time.
+_CHROME_BELOW = re.compile(r"/effort$|^ api-[0-9a-f]{8}$|^Resend your message")
 # dialogs: `Permission Required: Accessing workspace:` … `y. Yes, I trust this folder` …
 # `Enter y/n:` / `Enter selection [1-3], or Escape to cancel:` … `Enter to confirm · Esc to cancel`
 _DIALOG_TITLE = re.compile(r"^Permission Required: (.*)$")

@@ -83,6 +83,15 @@ def test_busy_and_typed_input_are_not_ready() -> None:
     assert ax.classify(screen(IDLE, "$", title="◐ Claude Code")).busy
 
 
+def test_a_one_word_input_after_a_space_is_input_on_2_1_197() -> None:
+    """` /clear` (a caller's text behind the space `sanitize_prompt` adds) in 2.1.197's bare
+    input row is typed input, not the session-name row: read as empty, the prompt was pasted
+    a second time while claude was slow to take it (`/clear /clear` upstream, once in CI)."""
+    st = ax.classify(screen(IDLE, "● high · /effort", " api-0a1b2c3d", " /clear"))
+    assert st.input_text == "/clear"
+    assert not st.ready
+
+
 def test_a_multi_line_input_is_seen_under_its_hint() -> None:
     # 2.1.332 while the relay's split paste sits in the input box (before Enter)
     st = ax.classify(screen("ctrl+g to edit in Vim", "$\u00a0 line one", "line two"))
